@@ -1,0 +1,41 @@
+# `make test` and `make run` set up .venv from scratch on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel: on these machines it installs from local disk in seconds, where an
+# unconstrained `torch` would pull a multi-GB CUDA build. Override for a GPU box.
+TORCH ?= torch==2.13.0
+
+.PHONY: install lint test generate lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+# Re-resolve the dev dependencies from scratch and pin them (slow: pip backtracks).
+lock:
+	rm -rf /tmp/lightjob-lock && $(PYTHON) -m venv /tmp/lightjob-lock
+	/tmp/lightjob-lock/bin/pip install -q "$(TORCH)" && /tmp/lightjob-lock/bin/pip install -q -e ".[dev]"
+	{ head -2 constraints.txt; /tmp/lightjob-lock/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.new
+	mv constraints.new constraints.txt
+
+lint: install
+	$(BIN)/ruff check lightjob tests
+	$(BIN)/ruff format --check lightjob tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest
+
+# Rewrite the files generated from lightjob/api/models.py (tests fail when they are stale).
+generate: install
+	$(BIN)/lightjob crd > crds/lightningjob.yaml
+	$(BIN)/python -c "import re,subprocess,pathlib; p=pathlib.Path('docs/api.md'); ref=subprocess.check_output(['$(BIN)/lightjob','crd','--markdown'],text=True); s=p.read_text(); a='<!-- reference:start -->\n'; b='<!-- reference:end -->'; p.write_text(s[:s.index(a)+len(a)]+ref+s[s.index(b):])"
+
+clean:
+	rm -rf $(VENV) build *.egg-info
