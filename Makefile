@@ -24,8 +24,8 @@ lock:
 	mv constraints.new constraints.txt
 
 lint: install
-	$(BIN)/ruff check lightjob tests
-	$(BIN)/ruff format --check lightjob tests
+	$(BIN)/ruff check lightjob tests benchmarks examples
+	$(BIN)/ruff format --check lightjob tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

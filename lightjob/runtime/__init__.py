@@ -1,0 +1,35 @@
+"""The Trainer runtime: PyTorch Lightning's API, written anew. Imports no Kubernetes code."""
+
+from lightjob.runtime.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ModelSummary,
+    TQDMProgressBar,
+)
+from lightjob.runtime.distributed import DDPStrategy, rank_zero_only
+from lightjob.runtime.errors import MisconfigurationException
+from lightjob.runtime.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightjob.runtime.module import LightningDataModule, LightningModule
+from lightjob.runtime.seed import seed_everything
+from lightjob.runtime.trainer import Trainer
+
+__all__ = [
+    "CSVLogger",
+    "Callback",
+    "DDPStrategy",
+    "EarlyStopping",
+    "LearningRateMonitor",
+    "LightningDataModule",
+    "LightningModule",
+    "Logger",
+    "MisconfigurationException",
+    "ModelCheckpoint",
+    "ModelSummary",
+    "TQDMProgressBar",
+    "TensorBoardLogger",
+    "Trainer",
+    "rank_zero_only",
+    "seed_everything",
+]
