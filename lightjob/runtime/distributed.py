@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -138,6 +139,7 @@ class Launcher:
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[bytes]] = []
         self._stopping = False
+        self._killed: set[int] = set()  # pids this launcher killed: not failures to report
 
     def launch(self, cluster: ClusterEnv, devices: int) -> ClusterEnv:
         command = _script_command()
@@ -155,6 +157,14 @@ class Launcher:
             self.children.append(subprocess.Popen(command, env=env, preexec_fn=_die_with_parent))
         threading.Thread(target=self._watch, name="lightjob-launcher", daemon=True).start()
         atexit.register(self._wait_at_exit)
+        previous_hook = sys.excepthook
+
+        def kill_then_report(*info: Any) -> None:
+            # Rank 0 failed outside the Trainer: the others would wait for it in a collective.
+            self.kill(grace=2.0)
+            previous_hook(*info)
+
+        sys.excepthook = kill_then_report
         return ClusterEnv(
             cluster.kind,
             cluster.world_size,
@@ -172,20 +182,23 @@ class Launcher:
         while not self._stopping:
             for rank, child in enumerate(self.children, start=1):
                 code = child.poll()
-                if code is not None and code != 0:
-                    print(
-                        f"lightjob: local rank {rank} exited with code {code}; stopping the other ranks",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                if code is not None and code != 0 and not self._stopping:
+                    _report(rank, code, "stopping the other ranks")
                     self.kill()
-                    os._exit(code if code > 0 else 128 - code)
+                    os._exit(_exit_code(code))
             time.sleep(0.2)
 
-    def kill(self) -> None:
+    def kill(self, grace: float = 0.0) -> None:
+        """Stop the local ranks; those already on their way out get `grace` seconds, so
+        their own exit code (the real failure) is what gets reported."""
         self._stopping = True
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
         for child in self.children:
             if child.poll() is None:
+                self._killed.add(child.pid)
                 child.kill()
         for child in self.children:
             child.wait()
@@ -198,10 +211,28 @@ class Launcher:
     def _wait_at_exit(self) -> None:
         # Rank 0 finished its script: the other ranks run the same script and finish too.
         self._stopping = True
-        codes = [child.wait() for child in self.children]
-        failed = [c for c in codes if c != 0]
+        codes = [
+            (rank, child.wait(), child.pid) for rank, child in enumerate(self.children, start=1)
+        ]
+        failed = [
+            (rank, code) for rank, code, pid in codes if code != 0 and pid not in self._killed
+        ]
+        for rank, code in failed:
+            _report(rank, code, "so this run failed")
         if failed:
-            os._exit(failed[0] if failed[0] > 0 else 1)
+            os._exit(_exit_code(failed[0][1]))
+
+
+def _report(rank: int, code: int, consequence: str) -> None:
+    print(
+        f"lightjob: local rank {rank} exited with code {code}; {consequence}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _exit_code(code: int) -> int:
+    return code if code > 0 else 128 - code  # killed by signal N: exit 128+N, as a shell does
 
 
 def _script_command() -> list[str]:

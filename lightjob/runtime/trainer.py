@@ -658,6 +658,8 @@ class Trainer:
             self.state.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             for callback in self.callbacks:
                 callback.on_exception(self, model, error)
+            if self.strategy.launcher is not None:
+                self.strategy.launcher.kill(grace=2.0)  # the others would wait for this rank
         else:
             self.state.status = "finished"
         for callback in self.callbacks:
