@@ -1,5 +1,8 @@
 """The Trainer runtime: PyTorch Lightning's API, written anew. Imports no Kubernetes code."""
 
+import logging as _logging
+import sys as _sys
+
 from lightjob.runtime.callbacks import (
     Callback,
     EarlyStopping,
@@ -33,3 +36,13 @@ __all__ = [
     "rank_zero_only",
     "seed_everything",
 ]
+
+# Checkpoint saves, resumes and preemption are reported on the "lightjob" logger; show
+# them on stderr unless the application configured that logger itself (as Lightning does).
+_log = _logging.getLogger("lightjob")
+if not _log.handlers:
+    _handler = _logging.StreamHandler(_sys.stderr)
+    _handler.setFormatter(_logging.Formatter("%(message)s"))
+    _log.addHandler(_handler)
+    _log.setLevel(_logging.INFO)
+    _log.propagate = False

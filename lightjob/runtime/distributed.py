@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lightjob.runtime import data
+from lightjob.runtime.durable import PREEMPTED_EXIT_CODE
 from lightjob.runtime.errors import MisconfigurationException
 
 DEFAULT_TIMEOUT = dt.timedelta(minutes=30)
@@ -182,7 +183,9 @@ class Launcher:
         while not self._stopping:
             for rank, child in enumerate(self.children, start=1):
                 code = child.poll()
-                if code is not None and code != 0 and not self._stopping:
+                # A preempted rank exits 143 after the checkpoint is durable; rank 0 exits
+                # the same way on its own, so that is no failure to act on.
+                if code not in (None, 0, PREEMPTED_EXIT_CODE) and not self._stopping:
                     _report(rank, code, "stopping the other ranks")
                     self.kill()
                     os._exit(_exit_code(code))
@@ -215,7 +218,9 @@ class Launcher:
             (rank, child.wait(), child.pid) for rank, child in enumerate(self.children, start=1)
         ]
         failed = [
-            (rank, code) for rank, code, pid in codes if code != 0 and pid not in self._killed
+            (rank, code)
+            for rank, code, pid in codes
+            if code not in (0, PREEMPTED_EXIT_CODE) and pid not in self._killed
         ]
         for rank, code in failed:
             _report(rank, code, "so this run failed")
@@ -332,7 +337,6 @@ class DDPStrategy(SingleDeviceStrategy):
         if not cluster.launched:
             self.launcher = Launcher()
             cluster = self.launcher.launch(cluster, devices)
-            _forward_sigterm(self.launcher)
         self.cluster = cluster
         if accelerator == "cuda":
             self.root_device = torch.device("cuda", device_ids[cluster.local_rank])
@@ -496,24 +500,6 @@ def rendezvous(cluster: ClusterEnv, timeout: dt.timedelta) -> dist.Store:
 def _timeout_from_env() -> dt.timedelta:
     seconds = os.environ.get("LIGHTJOB_RENDEZVOUS_TIMEOUT")
     return dt.timedelta(seconds=float(seconds)) if seconds else DEFAULT_TIMEOUT
-
-
-def _forward_sigterm(launcher: Launcher) -> None:
-    """The kubelet signals only the container's first process: pass SIGTERM on to the
-    other local ranks, then run whatever handler was there before."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        launcher.forward_signal(signum)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _rank_from_env() -> int:

@@ -8,6 +8,7 @@ optimization step is in `_training_step`. Helpers get the few values they need.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import os
 import sys
@@ -34,12 +35,15 @@ from lightjob.runtime.distributed import (
     detect_cluster,
     rank_zero_only,
 )
+from lightjob.runtime.durable import PREEMPTED_EXIT_CODE, Agreement, Durability, PreemptionSignal
 from lightjob.runtime.errors import MisconfigurationException
 from lightjob.runtime.loggers import CSVLogger, Logger
 from lightjob.runtime.module import LightningDataModule, LightningModule, LightningOptimizer
 from lightjob.runtime.precision import Precision, parse_precision
 from lightjob.runtime.results import Results, to_float
 from lightjob.runtime.seed import capture_rng_states, restore_rng_states, worker_init_fn
+
+log = logging.getLogger("lightjob")
 
 # Written into checkpoints so PyTorch Lightning can load them too (its loader reads this key).
 PL_COMPAT_VERSION = "2.5.0"
@@ -136,6 +140,11 @@ class Trainer:
         detect_anomaly: bool = False,
         default_root_dir: str | os.PathLike[str] | None = None,
         barebones: bool = False,
+        checkpoint_uri: str | None = None,
+        checkpoint_every_n_steps: int | None = None,
+        checkpoint_every_n_minutes: float | None = None,
+        checkpoint_keep: int | None = None,
+        background_checkpointing: bool = True,
         **unsupported: Any,
     ) -> None:
         for name in ("profiler", "plugins", "sync_batchnorm", "reload_dataloaders_every_n_epochs"):
@@ -207,6 +216,17 @@ class Trainer:
             progress_bar=not barebones and enable_progress_bar is not False,
             summary=not barebones and enable_model_summary is not False,
         )
+        self._durable_config = _durable_config(
+            checkpoint_uri,
+            checkpoint_every_n_steps,
+            checkpoint_every_n_minutes,
+            checkpoint_keep,
+            background_checkpointing,
+            disabled=bool(dev_run),
+        )
+        self._durable: Durability | None = None
+        self._last_checkpoint: ckpt_io.CheckpointRef | None = None
+        self._agreement: Agreement | None = None
         self.state = _State()
         self.progress = _Progress()
         self.should_stop = False
@@ -254,11 +274,16 @@ class Trainer:
             self.val_dataloaders = self._eval_loaders(model, datamodule, "val", val_dataloaders)
             self.optimizers, self.lr_scheduler_configs = optim.configure(model)
             self._wrapped = self.strategy.wrap(model)
+            self._durable = self._start_durability()
             self._restore(ckpt_path, model)
             self._call("on_fit_start")
             self._sanity_check(model)
             self._call("on_train_start")
             self._fit_loop(model)
+            if self._durable is not None:
+                self._durable.finish(
+                    self.progress.global_step, self.progress.epoch, self._dump_checkpoint
+                )
             self._call("on_train_end")
             self._call("on_fit_end")
 
@@ -321,9 +346,12 @@ class Trainer:
             batches, first_idx = self._epoch_batches(loader)
             if progress.val_pending:  # the checkpoint was taken just before a validation
                 self._validate_during_fit(model, end_of_epoch=False)
-            validated_last = False
+            validated_last = stopped_early = False
             for batch_idx, batch in enumerate(batches, start=first_idx):
-                if batch_idx >= self.num_training_batches or self._steps_done():
+                if batch_idx >= self.num_training_batches:
+                    break
+                if self._steps_done():
+                    stopped_early = True
                     break
                 batch = self._to_device(model, batch, 0)
                 self._train_results.new_batch(batch)
@@ -331,26 +359,45 @@ class Trainer:
                 if self._call("on_train_batch_start", batch, batch_idx) == -1:
                     break
                 is_last = batch_idx + 1 >= self.num_training_batches
-                outputs = self._training_step(model, batch, batch_idx, is_last)
+                window_end = is_last or (batch_idx + 1) % self.accumulate_grad_batches == 0
+                outputs = self._training_step(model, batch, batch_idx, window_end)
                 progress.batches_done = batch_idx + 1
                 self._batches_seen += 1
-                validate_now = self._val_due(batch_idx, val_every) and not is_last
-                progress.val_pending = validate_now
+                progress.val_pending = self._val_due(batch_idx, val_every) and not is_last
                 self._call("on_train_batch_end", outputs, batch, batch_idx)
                 if self._should_log_this_step(offset=0):
                     self._log_step_metrics()
-                if validate_now:
+                validated_last = progress.val_pending
+                if progress.val_pending:
                     self._validate_during_fit(model, end_of_epoch=False)
-                validated_last = validate_now
-                if self._time_is_up() or (self.should_stop and self._min_reached()):
-                    self.should_stop = True
+                    progress.val_pending = False
+                stop = self._time_is_up() or (
+                    self.should_stop and self._min_reached(progress.epoch)
+                )
+                if not is_last:  # the last batch's boundary comes after the epoch's end
+                    self._step_boundary(window_end)
+                if stop:
+                    self.should_stop, stopped_early = True, not is_last
                     break
             if self._end_of_epoch_validation(val_every, validated_last):
                 self._validate_during_fit(model, end_of_epoch=True)
-            self._end_train_epoch(model)
+            self._end_train_epoch(model, complete=not stopped_early)
+            if stopped_early:
+                # The epoch is not over: keep its position, so a resumed run finishes it.
+                break
             progress.epoch += 1
             progress.batches_done, progress.resumed_at = 0, (0, 0)
             progress.epoch_start_rng = None
+            self._step_boundary(window_end=True)
+
+    def _step_boundary(self, window_end: bool) -> None:
+        """Between two batches, with everything for the last one done: the one place a
+        durable checkpoint is taken, so a resumed run continues exactly from here."""
+        durable = self._durable
+        if durable is not None and durable.at_step_boundary(
+            self.progress.global_step, self.progress.epoch, window_end, self._dump_checkpoint
+        ):
+            raise SystemExit(PREEMPTED_EXIT_CODE)
 
     def _end_of_epoch_validation(self, val_every: int, validated_last: bool) -> bool:
         """Validate at the end of the epoch: after its last batch, when the interval is a
@@ -362,12 +409,14 @@ class Trainer:
             return isinstance(self._val.interval, float) or done % val_every == 0
         return self._steps_done()
 
-    def _end_train_epoch(self, model: LightningModule) -> None:
+    def _end_train_epoch(self, model: LightningModule, complete: bool) -> None:
+        """Epoch-end hooks and metrics; epoch-interval schedulers step only when the epoch
+        ran to its end, since a stopped epoch continues when the run resumes."""
         self._log_target = (self._train_results, False, True, "")
         self._call("on_train_epoch_end")
         epoch_metrics = self._train_results.epoch_values(self.strategy.reduce)
         self._publish(epoch_metrics, results=self._train_results)
-        if model.automatic_optimization:
+        if model.automatic_optimization and complete:
             optim.step_schedulers(
                 self.lr_scheduler_configs,
                 "epoch",
@@ -377,7 +426,7 @@ class Trainer:
             )
 
     def _training_step(
-        self, model: LightningModule, batch: Any, batch_idx: int, is_last: bool
+        self, model: LightningModule, batch: Any, batch_idx: int, window_end: bool
     ) -> Any:
         if not model.automatic_optimization:
             with self.precision_plugin.forward_context():
@@ -385,7 +434,6 @@ class Trainer:
             return out
         optimizer = self.optimizers[0]
         accumulate = self.accumulate_grad_batches
-        window_end = (batch_idx + 1) % accumulate == 0 or is_last
         if batch_idx % accumulate == 0:
             self._call("on_before_zero_grad", optimizer)
             model.optimizer_zero_grad(self.progress.epoch, batch_idx, optimizer)
@@ -654,12 +702,20 @@ class Trainer:
 
     def _exit(self, fn: str, model: LightningModule, error: BaseException | None) -> None:
         self._exits.close()
+        if self._durable is not None:
+            self._durable.close()
+            self._last_checkpoint = self._durable.last
+            self._durable = None
         if error is not None:
             self.state.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             for callback in self.callbacks:
                 callback.on_exception(self, model, error)
+            preempted = isinstance(error, SystemExit) and error.code == PREEMPTED_EXIT_CODE
+            if preempted:
+                self.state.status = "preempted"
             if self.strategy.launcher is not None:
-                self.strategy.launcher.kill(grace=2.0)  # the others would wait for this rank
+                # The others would wait for this rank; preempted ones are exiting themselves.
+                self.strategy.launcher.kill(grace=30.0 if preempted else 2.0)
         else:
             self.state.status = "finished"
         for callback in self.callbacks:
@@ -671,6 +727,43 @@ class Trainer:
             for logger in self.loggers:
                 logger.finalize("success" if error is None else "failed")
         self.state.stage = None
+
+    def _start_durability(self) -> Durability | None:
+        """The run's checkpoint store, checked writable before any training, and the
+        SIGTERM handler; None when no checkpoint_uri is configured."""
+        config = self._durable_config
+        if config is None:
+            return None
+        store = ckpt_io.CheckpointStore(config.uri, keep=config.keep)
+        problem = None
+        if self.is_global_zero:
+            try:
+                store.check_writable()
+            except OSError as err:
+                problem = str(err)
+        problem = self.strategy.broadcast(problem)
+        if problem is not None:
+            raise MisconfigurationException(f"Trainer(checkpoint_uri={config.uri!r}): {problem}")
+        if self._agreement is None or self._agreement.world_size != self.world_size:
+            self._agreement = Agreement(self.world_size)
+        launcher = self.strategy.launcher
+        preemption = PreemptionSignal(forward=launcher.forward_signal if launcher else None)
+        preemption.install()
+        return Durability(
+            store,
+            every_n_steps=config.every_n_steps,
+            every_n_minutes=config.every_n_minutes,
+            background=config.background,
+            preemption=preemption,
+            agreement=self._agreement,
+            is_writer=self.is_global_zero,
+            barrier=lambda: self.strategy.barrier("checkpoint"),
+        )
+
+    @property
+    def last_checkpoint(self) -> ckpt_io.CheckpointRef | None:
+        """The newest checkpoint this run made durable in its store."""
+        return self._durable.last if self._durable is not None else self._last_checkpoint
 
     def _setup_processes(self) -> None:
         if isinstance(self.strategy, DDPStrategy) and self.strategy.cluster is None:
@@ -818,8 +911,9 @@ class Trainer:
             sampler.set_start(samples)
             first = samples // max(1, (loader.batch_size or 1) * self.world_size)
             progress.batches_done, progress.resumed_at = first, (first, samples)
+            iterator = iter(loader)  # draws its worker seed from the epoch's start, as before
             restore_rest()
-            return iter(loader), first
+            return iterator, first
         skip = (
             progress.batches_done
             if progress.same_world
@@ -887,12 +981,11 @@ class Trainer:
     def _steps_done(self) -> bool:
         return self._limits.max_steps != -1 and self.progress.global_step >= self._limits.max_steps
 
-    def _min_reached(self, epochs_done: int | None = None) -> bool:
-        """min_epochs and min_steps are met; `epochs_done` counts the current epoch as done
-        unless given (the loop asks mid-epoch, _fit_done between epochs)."""
-        done = self.progress.epoch + 1 if epochs_done is None else epochs_done
+    def _min_reached(self, epochs_done: int) -> bool:
+        """min_epochs (counting only finished epochs) and min_steps are met."""
         return (
-            done >= self._limits.min_epochs and self.progress.global_step >= self._limits.min_steps
+            epochs_done >= self._limits.min_epochs
+            and self.progress.global_step >= self._limits.min_steps
         )
 
     def _time_is_up(self) -> bool:
@@ -1078,6 +1171,10 @@ class Trainer:
         model = self.lightning_module
         assert model is not None
         progress = self.progress
+        # Every rank's RNG, so each continues its own random stream on resume.
+        ranks = self.strategy.all_gather_object(
+            {"now": capture_rng_states(), "epoch_start": progress.epoch_start_rng}
+        )
         checkpoint: dict[str, Any] = {
             "epoch": progress.epoch,
             "global_step": progress.global_step,
@@ -1092,10 +1189,10 @@ class Trainer:
                     "epoch_done": progress.batches_done >= self.num_training_batches,
                     "val_pending": progress.val_pending,
                     "world_size": self.world_size,
-                    "epoch_start_rng": progress.epoch_start_rng,
+                    "epoch_start_rng": [r["epoch_start"] for r in ranks],
                 }
             },
-            "rng_states": self.strategy.all_gather_object(capture_rng_states()),
+            "rng_states": [r["now"] for r in ranks],
         }
         if model.hparams_initial:
             checkpoint["hparams_name"] = "kwargs"
@@ -1120,13 +1217,33 @@ class Trainer:
     _resume_rng: Any = None
 
     def _restore(self, ckpt_path: str | None, model: LightningModule) -> None:
-        """Bring back weights, optimizers, schedulers, callbacks and the loop position."""
-        path = self._resolve_ckpt_path(ckpt_path)
+        """Bring back weights, optimizers, schedulers, callbacks and the loop position.
+
+        With a checkpoint store, ckpt_path=None or "last" means the store's pointer, on
+        any filesystem; rank 0 picks it (falling back past a bad one) and tells the others.
+        """
+        if self._durable is not None and ckpt_path in (None, "last"):
+            found = (
+                self._durable.store.load_latest(self.strategy.root_device)
+                if self.is_global_zero
+                else None
+            )
+            path = self.strategy.broadcast(found[1] if found else None)
+            checkpoint = found[0] if found else None
+            if path is not None and checkpoint is None:
+                checkpoint = ckpt_io.load(path, map_location=self.strategy.root_device)
+            self._durable.store.resumed_from = path
+        else:
+            path = self._resolve_ckpt_path(ckpt_path)
+            checkpoint = (
+                None if path is None else ckpt_io.load(path, map_location=self.strategy.root_device)
+            )
         self.ckpt_path = path
-        if path is None:
+        if checkpoint is None:
             return
+        if self.is_global_zero:
+            log.info("lightjob: resuming from %s (step %s)", path, checkpoint.get("global_step"))
         self.progress = _Progress()
-        checkpoint = ckpt_io.load(path, map_location=self.strategy.root_device)
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
         for callback in self.callbacks:
@@ -1157,15 +1274,16 @@ class Trainer:
         progress.epoch = int(loop["epoch"])
         progress.same_world = loop.get("world_size", 1) == self.world_size
         rng_states = checkpoint.get("rng_states") or []
+        epoch_starts = loop.get("epoch_start_rng") or []
         if progress.same_world and self.global_rank < len(rng_states):
             self._resume_rng = rng_states[self.global_rank]
+            progress.epoch_start_rng = epoch_starts[self.global_rank] if epoch_starts else None
         if loop["epoch_done"]:
             progress.epoch += 1
             return
         progress.batches_done = int(loop["batches_done"])
         progress.resumed_at = (progress.batches_done, int(loop.get("global_samples", 0)))
         progress.val_pending = bool(loop.get("val_pending", False))
-        progress.epoch_start_rng = loop.get("epoch_start_rng")
 
     def _resolve_ckpt_path(self, ckpt_path: str | None) -> str | None:
         if ckpt_path in (None, ""):
@@ -1365,6 +1483,52 @@ def _ordered(callbacks: list[Callback]) -> list[Callback]:
     return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
         c for c in callbacks if isinstance(c, ModelCheckpoint)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class _DurableConfig:
+    uri: str
+    every_n_steps: int | None
+    every_n_minutes: float | None
+    keep: int
+    background: bool
+
+
+def _durable_config(
+    uri: str | None,
+    every_n_steps: int | None,
+    every_n_minutes: float | None,
+    keep: int | None,
+    background: bool,
+    disabled: bool,
+) -> _DurableConfig | None:
+    """Trainer arguments win; the LIGHTJOB_CHECKPOINT_* env the operator sets fills in."""
+    uri = uri or os.environ.get("LIGHTJOB_CHECKPOINT_URI") or None
+    if uri is None or disabled:
+        return None
+
+    def from_env(value: Any, name: str, kind: Callable[[str], Any]) -> Any:
+        if value is not None:
+            return value
+        raw = os.environ.get(name)
+        if raw in (None, ""):
+            return None
+        try:
+            return kind(raw)
+        except ValueError:
+            raise MisconfigurationException(f"{name}={raw!r} must be a number") from None
+
+    steps = from_env(every_n_steps, "LIGHTJOB_CHECKPOINT_EVERY_N_STEPS", int)
+    minutes = from_env(every_n_minutes, "LIGHTJOB_CHECKPOINT_EVERY_N_MINUTES", float)
+    kept = from_env(keep, "LIGHTJOB_CHECKPOINT_KEEP", int) or 3
+    for flag, value in (
+        ("checkpoint_every_n_steps", steps),
+        ("checkpoint_every_n_minutes", minutes),
+        ("checkpoint_keep", kept),
+    ):
+        if value is not None and value <= 0:
+            raise MisconfigurationException(f"Trainer({flag}={value}) must be > 0")
+    return _DurableConfig(uri, steps, minutes, kept, background)
 
 
 def _parse_devices(accelerator: str, devices: Any) -> tuple[str, list[int]]:
