@@ -360,6 +360,11 @@ class LightningJobStatus(BaseModel):
     restarts: int = Field(0, description="Attempts ended by a failure.")
     preemptions: int = Field(0, description="Attempts ended by a preemption.")
     start_time: dt.datetime | None = Field(None, description="When the first attempt started.")
+    attempt_start_time: dt.datetime | None = Field(None, description="When this attempt started.")
+    next_attempt_time: dt.datetime | None = Field(
+        None, description="Earliest start of the next attempt (back-off after a failure)."
+    )
+    resizes: int = Field(0, description="Attempts ended to change the number of nodes.")
     completion_time: dt.datetime | None = Field(None, description="When the job finished.")
     last_checkpoint: CheckpointRef | None = Field(None, description="Newest durable checkpoint.")
     progress: Progress | None = Field(None, description="Training progress from node 0.")

@@ -1,0 +1,484 @@
+"""The controller's decisions, table by table, and properties over any observed state."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lightjob.controller import Plan, observe_job, observe_pod, reconcile
+from lightjob.controller.build import ATTEMPT_LABEL, JOB_LABEL, RANK_LABEL
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.timezone.utc)
+UID = "uid-1234"
+
+
+def job_body(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "lightjob.dev/v1alpha1",
+        "kind": "LightningJob",
+        "metadata": {"name": "demo", "namespace": "team", "uid": UID, "generation": 1},
+        "spec": {"image": "train:1", "numNodes": 2, **spec},
+        "status": status or {},
+    }
+
+
+def pod(
+    rank: int, attempt: int = 1, state: str = "running", exit_code: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A pod as the API would report it; `state` is the trainer container's."""
+    container: dict[str, Any] = {"name": "trainer"}
+    if state == "running":
+        container["state"] = {"running": {"startedAt": "2026-11-27T11:00:00Z"}}
+    elif state == "terminated":
+        container["state"] = {
+            "terminated": {"exitCode": exit_code, "reason": extra.pop("reason", "Error")}
+        }
+    else:
+        container["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    phase = {"running": "Running", "waiting": "Pending"}.get(
+        state, "Failed" if exit_code else "Succeeded"
+    )
+    body: dict[str, Any] = {
+        "metadata": {
+            "name": f"demo-node-{rank}",
+            "labels": {JOB_LABEL: "demo", RANK_LABEL: str(rank), ATTEMPT_LABEL: str(attempt)},
+            "ownerReferences": [
+                {"uid": UID, "controller": True, "kind": "LightningJob", "name": "demo"}
+            ],
+        },
+        "status": {"phase": phase, "containerStatuses": [container], **extra.pop("status", {})},
+    }
+    if extra.pop("deleting", False):
+        body["metadata"]["deletionTimestamp"] = "2026-11-27T11:59:00Z"
+    return body
+
+
+def plan_for(
+    body: dict[str, Any], pods: list[dict[str, Any]], now: dt.datetime = NOW, service: bool = True
+) -> Plan:
+    job = observe_job(body)
+    views = [v for v in (observe_pod(p, UID) for p in pods) if v is not None]
+    return reconcile(job, views, service, now)
+
+
+def running(attempt: int = 1, replicas: int = 2, **extra: Any) -> dict[str, Any]:
+    status = {
+        "phase": "Running",
+        "attempt": attempt,
+        "replicas": replicas,
+        "startTime": "2026-11-27T11:00:00Z",
+        "attemptStartTime": "2026-11-27T11:00:00Z",
+    }
+    status.update(extra)
+    return status
+
+
+def env_of(manifest: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in manifest["spec"]["containers"][0]["env"]}
+
+
+# -- creating the gang -----------------------------------------------------------------------
+
+
+def test_a_new_job_gets_a_headless_service_and_a_gang_of_pods() -> None:
+    plan = plan_for(
+        job_body(checkpoint={"uri": "s3://b/run", "everyNSteps": 100}), [], service=False
+    )
+    kinds = [m["kind"] for m in plan.create]
+    assert kinds == ["Service", "Pod", "Pod"]
+    service, pod0, pod1 = plan.create
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert pod0["metadata"]["name"] == "demo-node-0" and pod0["spec"]["hostname"] == "demo-node-0"
+    assert pod0["spec"]["subdomain"] == "demo" and pod0["spec"]["restartPolicy"] == "Never"
+    assert pod0["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert pod1["metadata"]["labels"] == {
+        JOB_LABEL: "demo",
+        RANK_LABEL: "1",
+        ATTEMPT_LABEL: "1",
+        "app.kubernetes.io/managed-by": "lightjob",
+    }
+    env = env_of(pod1)
+    assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "demo-node-0.demo.team.svc"
+    assert (env["MASTER_PORT"], env["NODE_RANK"], env["WORLD_SIZE"]) == ("29500", "1", "2")
+    assert (env["PET_NNODES"], env["PET_NODE_RANK"], env["PET_NPROC_PER_NODE"]) == ("2", "1", "1")
+    assert env["LIGHTJOB_CHECKPOINT_URI"] == "s3://b/run"
+    assert env["LIGHTJOB_CHECKPOINT_EVERY_N_STEPS"] == "100"
+    assert (env["LIGHTJOB_JOB_NAME"], env["LIGHTJOB_ATTEMPT"]) == ("demo", "1")
+    status = plan.status
+    assert status is not None and status["phase"] == "Pending" and status["attempt"] == 1
+    assert status["selector"] == "lightjob.dev/job-name=demo" and status["replicas"] == 2
+    assert [e.reason for e in plan.events] == ["AttemptStarted"]
+
+
+def test_elastic_env_and_the_users_env_wins() -> None:
+    body = job_body(
+        numNodes=2,
+        minNodes=1,
+        maxNodes=4,
+        rendezvous={"backend": "c10d", "port": 1234},
+        resourcesPerNode={"limits": {"nvidia.com/gpu": 8}},
+        env=[{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "MASTER_PORT", "value": "9"}],
+    )
+    pods = [m for m in plan_for(body, []).create if m["kind"] == "Pod"]
+    env0, env1 = env_of(pods[0]), env_of(pods[1])
+    assert env0["PET_NNODES"] == "1:4" and env0["PET_RDZV_BACKEND"] == "c10d"
+    assert env0["PET_RDZV_ENDPOINT"] == "demo-node-0.demo.team.svc:1234"
+    assert (env0["PET_RDZV_CONF"], env1["PET_RDZV_CONF"]) == ("is_host=1", "is_host=0")
+    assert env0["PET_NPROC_PER_NODE"] == "8" and env0["WORLD_SIZE"] == "16"
+    assert "PET_NODE_RANK" not in env0
+    assert env0["NCCL_DEBUG"] == "INFO" and env0["MASTER_PORT"] == "9"
+
+
+def test_pod_template_settings_reach_the_pod() -> None:
+    body = job_body(
+        command=["python", "train.py"],
+        envFrom=[{"secretRef": {"name": "a"}}],
+        checkpoint={"uri": "s3://b/r", "envFrom": [{"secretRef": {"name": "s3"}}]},
+        podTemplate={
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "spot", "operator": "Exists"}],
+            "priorityClassName": "high",
+            "labels": {"team": "x"},
+        },
+        runPolicy={"terminationGracePeriodSeconds": 300},
+    )
+    pod0 = next(m for m in plan_for(body, []).create if m["kind"] == "Pod")
+    spec, container = pod0["spec"], pod0["spec"]["containers"][0]
+    assert container["name"] == "trainer" and container["command"] == ["python", "train.py"]
+    assert container["envFrom"] == [{"secretRef": {"name": "a"}}, {"secretRef": {"name": "s3"}}]
+    assert spec["nodeSelector"] == {"pool": "gpu"} and spec["priorityClassName"] == "high"
+    assert spec["terminationGracePeriodSeconds"] == 300
+    assert pod0["metadata"]["labels"]["team"] == "x"
+
+
+# -- the life of an attempt --------------------------------------------------------------------
+
+
+def test_all_nodes_running_makes_the_job_running() -> None:
+    plan = plan_for(job_body(running(phase="Pending")), [pod(0), pod(1)])
+    assert plan.status is not None and plan.status["phase"] == "Running"
+    assert plan.status["nodes"] == "2/2" and plan.status["readyNodes"] == 2
+    condition = next(c for c in plan.status["conditions"] if c["type"] == "Running")
+    assert condition["status"] == "True" and condition["observedGeneration"] == 1
+    assert not plan.create and not plan.delete
+
+
+@pytest.mark.parametrize(
+    ("policy", "deleted"),
+    [("Running", ["demo-node-1"]), ("All", ["demo-node-0", "demo-node-1"]), ("None", [])],
+)
+def test_node_zero_exiting_zero_succeeds_and_cleans_up(policy: str, deleted: list[str]) -> None:
+    body = job_body(running(), runPolicy={"cleanPodPolicy": policy})
+    plan = plan_for(body, [pod(0, state="terminated", exit_code=0), pod(1)])
+    assert plan.status is not None and plan.status["phase"] == "Succeeded"
+    assert plan.status["completionTime"] == "2026-11-27T12:00:00Z"
+    assert sorted(plan.delete) == deleted
+
+
+def test_a_failure_restarts_the_gang_with_back_off_then_fails_after_the_limit() -> None:
+    body = job_body(running(), runPolicy={"backoffLimit": 1})
+    plan = plan_for(body, [pod(0), pod(1, state="terminated", exit_code=1)])
+    status = plan.status
+    assert status is not None and status["phase"] == "Restarting" and status["restarts"] == 1
+    assert status["preemptions"] == 0
+    assert status["nextAttemptTime"] == "2026-11-27T12:00:10Z"  # 10 s back-off
+    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+    assert (
+        plan.events[0].reason == "NodeFailed"
+        and "node 1 exited with code 1" in plan.events[0].message
+    )
+
+    body["status"] = status
+    waiting = plan_for(body, [pod(0, deleting=True)])
+    assert not waiting.create and not waiting.delete and waiting.status is None
+    too_early = plan_for(body, [], now=NOW + dt.timedelta(seconds=5))
+    assert not too_early.create and too_early.requeue_after == pytest.approx(5)
+    second = plan_for(body, [], now=NOW + dt.timedelta(seconds=11))
+    assert [m["metadata"]["labels"][ATTEMPT_LABEL] for m in second.create] == ["2", "2"]
+    assert second.status is not None and second.status["attempt"] == 2
+
+    body["status"] = running(attempt=2, restarts=1)
+    final = plan_for(body, [pod(0, 2), pod(1, 2, state="terminated", exit_code=3)])
+    assert final.status is not None and final.status["phase"] == "Failed"
+    assert "backoffLimit=1 exceeded" in final.status["message"]
+    assert final.delete == ["demo-node-0"]  # the failed pod stays, with its logs
+    failed = next(c for c in final.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+
+
+def test_back_off_doubles_per_failure() -> None:
+    from lightjob.controller.reconcile import backoff_delay
+
+    assert [backoff_delay(n, 10) for n in (1, 2, 3, 4, 10)] == [10, 20, 40, 80, 360]
+
+
+@pytest.mark.parametrize(
+    ("pods", "why"),
+    [
+        (
+            [
+                pod(0),
+                pod(
+                    1,
+                    status={
+                        "conditions": [
+                            {
+                                "type": "DisruptionTarget",
+                                "status": "True",
+                                "reason": "PreemptionByScheduler",
+                            }
+                        ]
+                    },
+                ),
+            ],
+            "PreemptionByScheduler",
+        ),
+        (
+            [pod(0), pod(1, status={"reason": "Evicted", "message": "node memory pressure"})],
+            "Evicted",
+        ),
+        ([pod(0), pod(1, state="terminated", exit_code=143)], "signal 15"),
+        ([pod(0), pod(1, deleting=True)], "pod was deleted"),
+        ([pod(0)], "disappeared"),
+        # The others crash when a peer is preempted: still a preemption, not a failure.
+        (
+            [pod(0, state="terminated", exit_code=1), pod(1, status={"reason": "Evicted"})],
+            "Evicted",
+        ),
+    ],
+)
+def test_preemptions_restart_at_once_without_counting_as_failures(
+    pods: list[dict[str, Any]], why: str
+) -> None:
+    plan = plan_for(job_body(running(restarts=2), runPolicy={"backoffLimit": 2}), pods)
+    status = plan.status
+    assert status is not None and status["phase"] == "Restarting"
+    assert (status["preemptions"], status["restarts"]) == (1, 2)
+    assert status["nextAttemptTime"] == "2026-11-27T12:00:00Z"  # no back-off
+    assert plan.events[0].reason == "Preempted" and why in plan.events[0].message
+
+
+def test_preemption_limit_and_oom_kills() -> None:
+    body = job_body(running(preemptions=1), runPolicy={"preemptionLimit": 1})
+    plan = plan_for(body, [pod(0), pod(1, state="terminated", exit_code=143)])
+    assert plan.status is not None and plan.status["phase"] == "Failed"
+    assert "preemptionLimit=1 exceeded" in plan.status["message"]
+    oom = plan_for(
+        job_body(running()), [pod(0), pod(1, state="terminated", exit_code=137, reason="OOMKilled")]
+    )
+    assert (
+        oom.status is not None
+        and oom.status["restarts"] == 1
+        and "OOMKilled" in oom.status["message"]
+    )
+
+
+def test_a_fixed_size_job_restarts_at_its_new_size() -> None:
+    body = job_body(running(), numNodes=3)
+    plan = plan_for(body, [pod(0), pod(1)])
+    assert plan.status is not None and plan.status["phase"] == "Restarting"
+    assert (plan.status["resizes"], plan.status["restarts"], plan.status["preemptions"]) == (
+        1,
+        0,
+        0,
+    )
+    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+    body["status"] = plan.status
+    started = plan_for(body, [])
+    assert [m["metadata"]["name"] for m in started.create] == [
+        "demo-node-0",
+        "demo-node-1",
+        "demo-node-2",
+    ]
+    assert env_of(started.create[0])["WORLD_SIZE"] == "3"
+
+
+def test_an_elastic_job_adds_and_removes_pods_in_place() -> None:
+    elastic = {"minNodes": 1, "maxNodes": 4, "rendezvous": {"backend": "c10d"}}
+    grow = plan_for(job_body(running(), numNodes=3, **elastic), [pod(0), pod(1)])
+    assert [m["metadata"]["name"] for m in grow.create] == ["demo-node-2"] and not grow.delete
+    assert grow.status is not None and grow.status["replicas"] == 3 and grow.status["attempt"] == 1
+    shrink = plan_for(
+        job_body(running(replicas=3), numNodes=1, **elastic), [pod(0), pod(1), pod(2)]
+    )
+    assert sorted(shrink.delete) == ["demo-node-1", "demo-node-2"] and not shrink.create
+    assert shrink.status is not None and shrink.status["phase"] == "Running"
+
+
+def test_suspend_stops_the_gang_and_resume_starts_a_new_attempt() -> None:
+    body = job_body(running(), runPolicy={"suspend": True})
+    plan = plan_for(body, [pod(0), pod(1)])
+    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+    assert plan.status is not None and plan.status["phase"] == "Suspended"
+    body["status"] = plan.status
+    settled = plan_for(body, [])
+    assert settled.status is not None and settled.status["message"] == "suspended"
+    body["status"], body["spec"]["runPolicy"]["suspend"] = settled.status, False
+    resumed = plan_for(body, [])
+    assert len([m for m in resumed.create if m["kind"] == "Pod"]) == 2
+    assert resumed.status is not None and resumed.status["attempt"] == 2
+    assert (resumed.status["restarts"], resumed.status["preemptions"]) == (0, 0)
+    assert [e.reason for e in resumed.events] == ["Resumed", "AttemptStarted"]
+
+
+def test_deadlines() -> None:
+    late = NOW + dt.timedelta(hours=2)
+    plan = plan_for(
+        job_body(running(), runPolicy={"activeDeadlineSeconds": 3600}), [pod(0), pod(1)], now=late
+    )
+    assert plan.status is not None and plan.status["phase"] == "Failed"
+    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+    stuck = pod(
+        1,
+        state="waiting",
+        status={
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        },
+    )
+    body = job_body(running(phase="Pending"), runPolicy={"pendingDeadlineSeconds": 600})
+    early = plan_for(body, [pod(0), stuck], now=NOW - dt.timedelta(minutes=55))
+    assert early.status is not None and "Insufficient nvidia.com/gpu" in early.status["message"]
+    assert [e.reason for e in early.events] == ["Unschedulable"]
+    expired = plan_for(body, [pod(0), stuck])
+    assert expired.status is not None and expired.status["phase"] == "Failed"
+    assert "pendingDeadlineSeconds=600" in expired.status["message"]
+
+
+def test_ttl_after_finished_deletes_the_job() -> None:
+    done = {"phase": "Succeeded", "attempt": 1, "completionTime": "2026-11-27T11:59:00Z"}
+    body = job_body(done, runPolicy={"ttlSecondsAfterFinished": 120})
+    before = plan_for(body, [])
+    assert not before.delete_job and before.requeue_after == pytest.approx(60)
+    after = plan_for(body, [], now=NOW + dt.timedelta(seconds=61))
+    assert after.delete_job
+
+
+def test_an_invalid_stored_spec_fails_the_job_naming_the_field() -> None:
+    body = job_body(numNodes=-3)
+    plan = plan_for(body, [])
+    assert plan.status is not None and plan.status["phase"] == "Failed"
+    assert "spec.numNodes" in plan.status["message"] and not plan.create
+    body["status"] = plan.status
+    assert plan_for(body, []).is_empty  # and it stays failed, without retrying
+
+
+def test_pods_from_an_interrupted_plan_are_adopted_not_duplicated() -> None:
+    body = job_body(
+        {
+            "phase": "Restarting",
+            "attempt": 1,
+            "replicas": 2,
+            "nextAttemptTime": "2026-11-27T11:00:00Z",
+        }
+    )
+    plan = plan_for(body, [pod(0, attempt=2, state="waiting")])
+    assert [m["metadata"]["name"] for m in plan.create] == ["demo-node-1"]
+    assert plan.status is not None and plan.status["attempt"] == 2 and not plan.delete
+
+
+def test_pods_the_job_does_not_own_are_never_touched() -> None:
+    stranger = pod(0)
+    stranger["metadata"]["ownerReferences"] = [{"uid": "someone-else", "controller": True}]
+    assert observe_pod(stranger, UID) is None
+
+
+# -- properties over any observed state -----------------------------------------------------------
+
+states = st.sampled_from(["running", "waiting", "terminated"])
+exit_codes = st.sampled_from([0, 1, 2, 137, 143])
+phases = st.sampled_from(["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"])
+
+
+@st.composite
+def worlds(draw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    elastic = draw(st.booleans())
+    lower = draw(st.integers(1, 3))
+    upper = draw(st.integers(lower, 5))
+    spec: dict[str, Any] = {
+        "numNodes": draw(st.integers(lower, upper)),
+        "runPolicy": {
+            "backoffLimit": draw(st.integers(0, 3)),
+            "suspend": draw(st.booleans()),
+            "cleanPodPolicy": draw(st.sampled_from(["All", "Running", "None"])),
+        },
+    }
+    if elastic:
+        spec.update(minNodes=lower, maxNodes=upper, rendezvous={"backend": "c10d"})
+    else:
+        spec["maxNodes"] = upper
+    attempt = draw(st.integers(0, 3))
+    status = {
+        "phase": draw(phases),
+        "attempt": attempt,
+        "replicas": draw(st.integers(0, upper)),
+        "restarts": draw(st.integers(0, 3)),
+        "preemptions": draw(st.integers(0, 3)),
+        "nextAttemptTime": "2026-11-27T11:59:30Z",
+        "startTime": "2026-11-27T11:00:00Z",
+    }
+    pods = []
+    for rank in draw(st.sets(st.integers(0, upper + 1), max_size=upper + 2)):
+        code = draw(exit_codes)
+        pods.append(
+            pod(
+                rank,
+                attempt=draw(st.integers(max(0, attempt - 1), attempt + 1)),
+                state=draw(states),
+                exit_code=code,
+                deleting=draw(st.booleans()),
+            )
+        )
+    return job_body(status, **spec), pods
+
+
+def apply(
+    plan: Plan, body: dict[str, Any], pods: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What the API would hold after the operator applied the plan."""
+    body, pods = copy.deepcopy(body), copy.deepcopy(pods)
+    for victim in pods:
+        if victim["metadata"]["name"] in plan.delete:
+            victim["metadata"]["deletionTimestamp"] = "2026-11-27T12:00:00Z"
+    for manifest in plan.create:
+        if manifest["kind"] == "Pod":
+            manifest = copy.deepcopy(manifest)
+            manifest["status"] = {"phase": "Pending"}
+            pods.append(manifest)
+    if plan.status is not None:
+        body["status"] = plan.status
+    return body, pods
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_any_observed_state_gives_a_safe_idempotent_plan(
+    world: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> None:
+    body, pods = world
+    plan = plan_for(body, pods)
+    names = {p["metadata"]["name"] for p in pods}
+    live = {p["metadata"]["name"] for p in pods if "deletionTimestamp" not in p["metadata"]}
+    created = [m["metadata"]["name"] for m in plan.create if m["kind"] == "Pod"]
+    # Only its own pods are deleted, each once, and never one already going away.
+    assert set(plan.delete) <= live and len(plan.delete) == len(set(plan.delete))
+    # Never two pods of one name, never more than maxNodes pods.
+    assert not set(created) & names and len(created) == len(set(created))
+    upper = body["spec"].get("maxNodes", body["spec"]["numNodes"])
+    assert len((live - set(plan.delete)) | set(created)) <= max(upper, len(live - set(plan.delete)))
+    assert len(created) <= upper
+
+    after_body, after_pods = apply(plan, body, pods)
+    again = plan_for(after_body, after_pods)
+    assert not again.create and not again.delete and again.status is None, (plan, again)
