@@ -20,6 +20,37 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("files", nargs="+", metavar="FILE", help="YAML files ('-' for stdin)")
     validate.set_defaults(handler=_validate)
 
+    operator = commands.add_parser("operator", help="run the LightningJob operator (kopf)")
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeatable); default: all namespaces",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces")
+    operator.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="kopf peering object for leader election (omit to run standalone)",
+    )
+    operator.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics")
+    operator.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        help="seconds between timer-driven reconciles of each job",
+    )
+    operator.add_argument(
+        "--backoff-seconds",
+        type=float,
+        default=10.0,
+        help="first back-off after a failure; doubles per failure",
+    )
+    operator.set_defaults(handler=_operator)
+
     args = parser.parse_args(argv)
     return int(args.handler(args))
 
@@ -56,6 +87,27 @@ def _validate(args: argparse.Namespace) -> int:
     if num_bad:
         print(f"{num_bad} invalid document(s), {num_good} valid", file=sys.stderr)
         return 1
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    import os
+
+    from lightjob.operator.handlers import OperatorConfig, run
+
+    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
+    run(
+        OperatorConfig(
+            namespaces=() if args.all_namespaces else tuple(args.namespace),
+            peering=args.peering,
+            interval=args.interval,
+            backoff_base=args.backoff_seconds,
+            metrics_port=args.metrics_port,
+            kubeconfig=None
+            if in_cluster
+            else os.path.expanduser(os.environ.get("KUBECONFIG", "~/.kube/config")),
+        )
+    )
     return 0
 
 

@@ -65,6 +65,7 @@ class Event:
     type: str  # "Normal" or "Warning"
     reason: str
     message: str
+    cause: str = ""  # for metrics: exit_code, oom_killed, disruption, signal, deleted, ...
 
 
 @dataclass(slots=True)
@@ -167,6 +168,7 @@ def backoff_delay(restarts: int, base: float) -> float:
 class _Outcome:
     kind: str  # "succeeded", "failed", "preempted", "running", "pending"
     message: str = ""
+    cause: str = ""
 
 
 def reconcile(
@@ -269,9 +271,9 @@ def _decide(
         _clean_up(spec, current, plan)
         return _complete(job, status, plan, now, reason="Succeeded")
     if outcome.kind == "preempted":
-        return _preempted(job, spec, status, pods, current, plan, now, outcome.message)
+        return _preempted(job, spec, status, pods, current, plan, now, outcome)
     if outcome.kind == "failed":
-        return _failed(job, spec, status, pods, current, plan, now, outcome.message, backoff_base)
+        return _failed(job, spec, status, pods, current, plan, now, outcome, backoff_base)
     return _active(job, spec, status, current, plan, now)
 
 
@@ -366,26 +368,32 @@ def _classify(current: list[PodView], replicas: int, phase: str, added: list[int
         return _Outcome("succeeded")
     for pod in members:
         if pod.disrupted:
-            return _Outcome("preempted", f"node {pod.rank} was disrupted ({pod.disrupted})")
+            return _Outcome(
+                "preempted", f"node {pod.rank} was disrupted ({pod.disrupted})", "disruption"
+            )
     for pod in members:
         if pod.reason == "OOMKilled":
-            return _Outcome("failed", f"node {pod.rank} was OOMKilled")
+            return _Outcome("failed", f"node {pod.rank} was OOMKilled", "oom_killed")
     for pod in members:
         if pod.exit_code is not None and pod.exit_code >= 128:
             return _Outcome(
-                "preempted", f"node {pod.rank} was stopped by signal {pod.exit_code - 128}"
+                "preempted",
+                f"node {pod.rank} was stopped by signal {pod.exit_code - 128}",
+                "signal",
             )
         if pod.deleting:
-            return _Outcome("preempted", f"node {pod.rank}'s pod was deleted")
+            return _Outcome("preempted", f"node {pod.rank}'s pod was deleted", "deleted")
     if phase == "Running":
         gone = sorted(set(range(replicas)) - {p.rank for p in members} - set(added))
         if gone:
-            return _Outcome("preempted", f"the pod of node {gone[0]} disappeared")
+            return _Outcome("preempted", f"the pod of node {gone[0]} disappeared", "disappeared")
     for pod in members:
         if pod.exit_code is not None and pod.exit_code != 0:
-            return _Outcome("failed", f"node {pod.rank} exited with code {pod.exit_code}")
+            return _Outcome(
+                "failed", f"node {pod.rank} exited with code {pod.exit_code}", "exit_code"
+            )
         if pod.phase == "Failed":
-            return _Outcome("failed", f"node {pod.rank}'s pod failed")
+            return _Outcome("failed", f"node {pod.rank}'s pod failed", "pod_failed")
     return _Outcome("running" if phase == "Running" else "pending")
 
 
@@ -397,8 +405,9 @@ def _preempted(
     current: list[PodView],
     plan: Plan,
     now: dt.datetime,
-    message: str,
+    outcome: _Outcome,
 ) -> Plan:
+    message = outcome.message
     status.preemptions += 1
     limit = spec.run_policy.preemption_limit
     if limit is not None and status.preemptions > limit:
@@ -413,7 +422,12 @@ def _preempted(
         _clean_up(spec, current, plan)
         return _complete(job, status, plan, now, reason="PreemptionLimitExceeded")
     plan.events.append(
-        Event("Warning", "Preempted", f"attempt {status.attempt}: {message}; restarting")
+        Event(
+            "Warning",
+            "Preempted",
+            f"attempt {status.attempt}: {message}; restarting",
+            outcome.cause,
+        )
     )
     _restart(status, current, plan, now, message)
     return _settle(job, spec, status, pods, plan, now, "Preempted")
@@ -427,9 +441,10 @@ def _failed(
     current: list[PodView],
     plan: Plan,
     now: dt.datetime,
-    message: str,
+    outcome: _Outcome,
     backoff_base: float,
 ) -> Plan:
+    message = outcome.message
     status.restarts += 1
     limit = spec.run_policy.backoff_limit
     if status.restarts > limit:
@@ -449,6 +464,7 @@ def _failed(
             "Warning",
             "NodeFailed",
             f"attempt {status.attempt}: {message}; restarting in {delay:.0f}s",
+            outcome.cause,
         )
     )
     _restart(status, current, plan, now + dt.timedelta(seconds=delay), message)

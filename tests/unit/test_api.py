@@ -329,7 +329,16 @@ def test_binary_input_is_explained(tmp_path: Path) -> None:
     assert "cannot read file" in result.stderr
 
 
-@pytest.mark.parametrize("module", ["lightjob", "lightjob.api", "lightjob.cli"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "lightjob",
+        "lightjob.api",
+        "lightjob.cli",
+        "lightjob.controller",
+        "lightjob.operator.handlers",
+    ],
+)
 def test_light_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

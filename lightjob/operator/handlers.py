@@ -1,0 +1,192 @@
+"""kopf handlers: every trigger runs the same level-based reconcile of one job.
+
+Triggers: any event on a LightningJob (create, update, and the initial listing after an
+operator restart), any event on a pod labelled with a job name, and a timer for what
+only time can decide (back-off, deadlines, TTL). Each reconcile reads the job and its
+pods, asks the controller for a plan, applies it, writes status once, and posts the
+plan's events. Reconciles of one job never overlap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from lightjob.api.models import GROUP, PLURAL, VERSION
+from lightjob.controller import Plan, observe_job, observe_pod, reconcile
+from lightjob.controller.build import JOB_LABEL
+from lightjob.operator import metrics
+from lightjob.operator.kube import KubeClient
+
+log = logging.getLogger("lightjob.operator")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    peering: str | None = None  # kopf peering object for leader election; None: standalone
+    interval: float = 10.0  # seconds between timer-driven reconciles of each job
+    backoff_base: float = 10.0  # first back-off after a failure (doubles per failure)
+    metrics_port: int | None = 8080
+    kubeconfig: str | None = None  # None: in-cluster config, else KUBECONFIG
+    finalizer: str = "lightjob.dev/kopf-finalizer"
+
+
+SERVICE_TTL_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class Reconciler:
+    """One job at a time, through the controller.
+
+    Triggers coalesce: while a reconcile of a job waits for the running one, further
+    triggers return at once, since the waiting reconcile reads the world after them.
+    """
+
+    client: KubeClient
+    backoff_base: float
+    _locks: defaultdict[str, threading.Lock] = field(
+        default_factory=lambda: defaultdict(threading.Lock)
+    )
+    _waiting: set[str] = field(default_factory=set)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    # When each job's Service was last seen: it rarely goes away, so it is looked up
+    # again only every SERVICE_TTL_SECONDS rather than on every reconcile.
+    _services: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, namespace: str, name: str) -> Plan | None:
+        key = f"{namespace}/{name}"
+        with self._guard:
+            if key in self._waiting:
+                return None
+            self._waiting.add(key)
+            lock = self._locks[key]
+        with lock:
+            with self._guard:
+                self._waiting.discard(key)
+            return self._reconcile(namespace, name, key)
+
+    def _reconcile(self, namespace: str, name: str, key: str) -> Plan | None:
+        started = time.perf_counter()
+        body = self.client.get_job(namespace, name)
+        if body is None:
+            metrics.observe_phase(key, None)
+            self._services.pop(key, None)
+            return None
+        job = observe_job(body)
+        listed = self.client.list_pods(namespace, name)
+        pods = [v for v in (observe_pod(p, job.uid) for p in listed) if v]
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        has_service = self._service_exists(namespace, name, key)
+        plan = reconcile(job, pods, has_service, now, backoff_base=self.backoff_base)
+        self.client.apply(namespace, name, plan, job.raw_status)
+        for event in plan.events:
+            kopf.event(cast(Any, body), type=event.type, reason=event.reason, message=event.message)
+            _count(event)
+        current = plan.status or job.raw_status
+        metrics.observe_phase(key, None if plan.delete_job else current.get("phase"))
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        if not plan.is_empty:
+            log.info(
+                "reconciled job=%s attempt=%s phase=%s created=%d deleted=%d events=%s",
+                key,
+                current.get("attempt"),
+                current.get("phase"),
+                len(plan.create),
+                len(plan.delete),
+                ",".join(e.reason for e in plan.events) or "-",
+            )
+        return plan
+
+    def _service_exists(self, namespace: str, name: str, key: str) -> bool:
+        seen = self._services.get(key)
+        if seen is not None and time.monotonic() - seen < SERVICE_TTL_SECONDS:
+            return True
+        exists = self.client.service_exists(namespace, name)
+        if exists:
+            self._services[key] = time.monotonic()
+        return exists
+
+
+def _count(event: Any) -> None:
+    if event.reason == "NodeFailed":
+        metrics.RESTARTS.labels(reason=event.cause).inc()
+    elif event.reason == "Preempted":
+        metrics.PREEMPTIONS.labels(reason=event.cause).inc()
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """A fresh registry with the handlers bound to `config` (tests run several)."""
+    registry = kopf.OperatorRegistry()
+    state: dict[str, Reconciler] = {}
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the service account; elsewhere: the kubeconfig (a fresh registry has
+        # none of kopf's default login handlers).
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = config.finalizer
+        settings.posting.level = logging.WARNING  # kopf's own events: warnings only
+        settings.execution.max_workers = 32
+        import kubernetes
+
+        configuration = kubernetes.client.Configuration()
+        if config.kubeconfig:
+            kubernetes.config.load_kube_config(
+                config_file=config.kubeconfig, client_configuration=configuration
+            )
+        else:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        # One connection per handler thread, or urllib3 discards and reopens them.
+        configuration.connection_pool_maxsize = settings.execution.max_workers or 32
+        state["reconcile"] = Reconciler(
+            KubeClient(kubernetes.client.ApiClient(configuration)), config.backoff_base
+        )
+        if config.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(config.metrics_port)
+
+    def reconcile_one(namespace: str | None, name: str | None) -> None:
+        if namespace and name and "reconcile" in state:
+            state["reconcile"](namespace, name)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    def job_changed(type: str, name: str, namespace: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            metrics.observe_phase(f"{namespace}/{name}", None)
+            return
+        reconcile_one(namespace, name)
+
+    @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
+    def pod_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+        reconcile_one(namespace, labels.get(JOB_LABEL))
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.interval, registry=registry)
+    def tick(name: str, namespace: str | None, **_: Any) -> None:
+        reconcile_one(namespace, name)
+
+    return registry
+
+
+def run(config: OperatorConfig) -> None:
+    """Run the operator until it is stopped (SIGTERM/SIGINT), as `lightjob operator` does."""
+    kopf.configure(verbose=False)
+    kopf.run(
+        registry=build_registry(config),
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        standalone=config.peering is None,
+        peering_name=config.peering,
+    )

@@ -1,0 +1,172 @@
+"""The operator's I/O: read a job and its pods, apply a plan. Retries live here.
+
+Every call goes through `_call`, which retries conflicts, throttling (429) and server
+errors with exponential back-off and counts API errors for /metrics. Creating something
+that exists (409) and deleting something gone (404) are success: plans are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from lightjob.api.models import GROUP, PLURAL, VERSION
+from lightjob.controller import Plan, selector
+from lightjob.operator import metrics
+
+log = logging.getLogger("lightjob.operator")
+T = TypeVar("T")
+RETRIABLE = {409, 429, 500, 502, 503, 504}
+# (connect, read) seconds: a hung API call must not hold a reconcile (or the operator's
+# shutdown) forever. Watches are kopf's and have their own timeouts.
+TIMEOUT = (5.0, 30.0)
+
+
+class KubeClient:
+    """The calls the operator makes, and nothing else (the chart's RBAC mirrors them)."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, retries: int = 5) -> None:
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.retries = retries
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body = self._call(
+                "get",
+                lambda: self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+                ),
+            )
+            return cast(dict[str, Any], body)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        result = self._call(
+            "list",
+            lambda: self.core.list_namespaced_pod(
+                namespace,
+                label_selector=selector(job),
+                _preload_content=False,
+                _request_timeout=TIMEOUT,
+            ),
+        )
+        return list(_json(result).get("items", []))
+
+    def service_exists(self, namespace: str, job: str) -> bool:
+        try:
+            self._call(
+                "get",
+                lambda: self.core.read_namespaced_service(
+                    job, namespace, _preload_content=False, _request_timeout=TIMEOUT
+                ),
+            )
+            return True
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+
+    def apply(self, namespace: str, name: str, plan: Plan, current_status: dict[str, Any]) -> None:
+        """Status first, then the pods: if the operator stops half-way, the next reconcile
+        reads the decision from the status and finishes the teardown or the start."""
+        if plan.status is not None:
+            self.write_status(namespace, name, plan.status, current_status)
+        for manifest in plan.create:
+            self.create(namespace, manifest)
+        for pod in plan.delete:
+            self.delete_pod(namespace, pod)
+        if plan.delete_job:
+            self._ignore(
+                404,
+                lambda: self._call(
+                    "delete",
+                    lambda: self.custom.delete_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+                    ),
+                ),
+            )
+
+    def write_status(
+        self, namespace: str, name: str, status: dict[str, Any], old: dict[str, Any]
+    ) -> None:
+        # One merge patch of the whole status; keys that went away are removed with null.
+        patch = {"status": {**{k: None for k in old if k not in status}, **status}}
+        self._call(
+            "patch",
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=TIMEOUT
+            ),
+        )
+
+    def create(self, namespace: str, manifest: dict[str, Any]) -> None:
+        kind = manifest["kind"]
+        create: Callable[[], Any] = {
+            "Pod": lambda: self.core.create_namespaced_pod(
+                namespace, cast(Any, manifest), _preload_content=False, _request_timeout=TIMEOUT
+            ),
+            "Service": lambda: self.core.create_namespaced_service(
+                namespace, cast(Any, manifest), _preload_content=False, _request_timeout=TIMEOUT
+            ),
+        }[kind]
+        created = self._ignore(409, lambda: self._call("create", create, retry_conflicts=False))
+        if created and kind == "Pod":
+            metrics.PODS_CREATED.inc()
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        deleted = self._ignore(
+            404,
+            lambda: self._call(
+                "delete",
+                lambda: self.core.delete_namespaced_pod(
+                    name,
+                    namespace,
+                    propagation_policy="Background",
+                    _preload_content=False,
+                    _request_timeout=TIMEOUT,
+                ),
+            ),
+        )
+        if deleted:
+            metrics.PODS_DELETED.inc()
+
+    def _ignore(self, status: int, fn: Callable[[], Any]) -> bool:
+        try:
+            fn()
+            return True
+        except ApiException as err:
+            if err.status == status:
+                return False
+            raise
+
+    def _call(self, verb: str, fn: Callable[[], T], retry_conflicts: bool = True) -> T:
+        delay = 0.2
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except ApiException as err:
+                metrics.API_ERRORS.labels(verb=verb, code=str(err.status)).inc()
+                retriable = err.status in RETRIABLE and (retry_conflicts or err.status != 409)
+                if not retriable or attempt == self.retries:
+                    raise
+                log.warning(
+                    "lightjob: API %s failed with %s; retrying in %.1fs", verb, err.status, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+
+def _json(response: Any) -> dict[str, Any]:
+    import json
+
+    data = response.data if hasattr(response, "data") else response
+    return json.loads(data) if isinstance(data, bytes | str) else dict(data)

@@ -1,0 +1,596 @@
+"""An in-process Kubernetes API for the operator tests, built on kmock.
+
+kmock's scaffold serves discovery, errors and the HTTP server. kmock's own emulator is
+deliberately simple, so the object API is done here, close enough to a real API server
+for kopf, the kubernetes client and the operator:
+
+- uid, resourceVersion, generation (bumped by spec changes), creationTimestamp;
+  metadata.namespace filled from the URL; generateName;
+- 201 on create, 409 AlreadyExists, 409 Conflict on a stale resourceVersion, 404, and 422
+  for invalid objects, including a failed JSON-patch `test` op (which kopf relies on);
+- merge, strategic-merge (as merge) and JSON patches, and PUT;
+- the status subresource isolated from the main resource, and the scale subresource of
+  LightningJobs (`kubectl scale`) mapped to spec.numNodes;
+- LightningJobs validated against the CRD's schema and CEL rules, as the API server does;
+- list and watch with labelSelector and fieldSelector, watch resumption from a
+  resourceVersion, and timeoutSeconds;
+- finalizers, deletionTimestamp, graceful pod deletion (the kubelet stand-in finishes
+  it), and owner-reference garbage collection;
+- namespaces, events, and kopf's peering resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import itertools
+import json
+import re
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import aiohttp.web
+import celpy
+import jsonpatch
+import jsonschema
+import kmock
+
+from lightjob.api.crd import build_crd
+
+Key = tuple[str, str, str]  # (resource path, namespace or "", name)
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+RESOURCES: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("", "v1", "pods"): {"kind": "Pod", "namespaced": True, "status": True},
+    ("", "v1", "services"): {"kind": "Service", "namespaced": True, "status": True},
+    ("", "v1", "events"): {"kind": "Event", "namespaced": True, "status": False},
+    ("", "v1", "namespaces"): {"kind": "Namespace", "namespaced": False, "status": True},
+    ("events.k8s.io", "v1", "events"): {"kind": "Event", "namespaced": True, "status": False},
+    ("lightjob.dev", "v1alpha1", "lightningjobs"): {
+        "kind": "LightningJob",
+        "namespaced": True,
+        "status": True,
+        "scale": True,
+    },
+    ("kopf.dev", "v1", "clusterkopfpeerings"): {
+        "kind": "ClusterKopfPeering",
+        "namespaced": False,
+        "status": True,
+    },
+    ("kopf.dev", "v1", "kopfpeerings"): {"kind": "KopfPeering", "namespaced": True, "status": True},
+}
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class Emulator(kmock.KubernetesScaffold):
+    """Serve with `async with Emulator() as api, kmock.Server(api) as server: ...`."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for (group, version, plural), info in RESOURCES.items():
+            subresources = {"status"} if info["status"] else set()
+            if info.get("scale"):
+                subresources.add("scale")
+            verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
+            self.resources[kmock.resource(group, version, plural)] = kmock.ResourceInfo(
+                kind=info["kind"],
+                namespaced=info["namespaced"],
+                subresources=subresources,
+                verbs=verbs,
+            )
+        self.store: dict[Key, dict[str, Any]] = {}
+        self.by_resource: dict[str, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+        self.history: list[
+            tuple[int, str, str, dict[str, Any]]
+        ] = []  # (rv, resource, type, object)
+        self.watchers: dict[str, list[asyncio.Queue[tuple[int, str, dict[str, Any]]]]] = (
+            defaultdict(list)
+        )
+        self.calls: list[tuple[str, str]] = []  # (method, path) of every object request
+        # Faults to inject: (method, path fragment, status code, times left).
+        self.faults: list[list[Any]] = []
+        self.after_write: Any = None  # called with (method, resource, name) after each write
+        self._rv = itertools.count(1)
+        crd = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        self._job_schema = jsonschema.Draft4Validator(crd)
+        self._cel = celpy.Environment()
+        self._spec_rules = [
+            (self._cel.program(self._cel.compile(r["rule"])), r["message"])
+            for r in crd["properties"]["spec"]["x-kubernetes-validations"]
+        ]
+        for name in ("default", "kube-system"):
+            self.put("v1/namespaces", "", {"metadata": {"name": name}})
+
+    # -- the HTTP side --------------------------------------------------------------------------
+
+    async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        route = _route(raw.path)
+        if route is None:
+            return await super().__call__(raw)  # discovery: /api, /apis, /apis/g/v, /version
+        resource, namespace, name, subresource = route
+        self.calls.append((raw.method, raw.path))
+        for fault in self.faults:
+            if fault[0] == raw.method and fault[1] in raw.path and fault[3] > 0:
+                fault[3] -= 1
+                return aiohttp.web.json_response(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Status",
+                        "status": "Failure",
+                        "code": fault[2],
+                        "reason": "Injected",
+                        "message": "injected by the test",
+                        "metadata": {},
+                    },
+                    status=fault[2],
+                )
+        body = await raw.read()
+        data = json.loads(body) if body else None
+        params = dict(raw.query)
+        try:
+            if raw.method == "GET" and params.get("watch") in ("true", "1"):
+                return await self._watch(raw, resource, namespace, params)
+            result, code = self._dispatch(
+                raw.method,
+                resource,
+                namespace,
+                name,
+                subresource,
+                data,
+                params,
+                raw.headers.get("Content-Type", ""),
+            )
+            if raw.method != "GET" and self.after_write is not None:
+                self.after_write(raw.method, resource, name)
+        except ApiError as err:
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "status": "Failure",
+                    "code": err.code,
+                    "reason": err.reason,
+                    "message": err.message,
+                    "metadata": {},
+                },
+                status=err.code,
+            )
+        return aiohttp.web.json_response(result, status=code)
+
+    def _dispatch(
+        self,
+        method: str,
+        resource: str,
+        namespace: str | None,
+        name: str | None,
+        subresource: str | None,
+        data: Any,
+        params: dict[str, str],
+        content_type: str,
+    ) -> tuple[Any, int]:
+        if name is None:
+            if method == "GET":
+                return self.list(
+                    resource,
+                    namespace,
+                    params.get("labelSelector", ""),
+                    params.get("fieldSelector", ""),
+                ), 200
+            if method == "POST":
+                return self.create(resource, namespace or "", data), 201
+            raise ApiError(405, "MethodNotAllowed", f"{method} on a collection")
+        if method == "GET":
+            obj = self.get(resource, namespace or "", name)
+            return (self._scale_of(obj) if subresource == "scale" else obj), 200
+        if method == "DELETE":
+            grace = (data or {}).get("gracePeriodSeconds")
+            if grace is None and params.get("gracePeriodSeconds") is not None:
+                grace = int(params["gracePeriodSeconds"])
+            return self.delete(resource, namespace or "", name, grace), 200
+        if method in ("PATCH", "PUT"):
+            return self.update(
+                resource, namespace or "", name, subresource, data, content_type, method
+            ), 200
+        raise ApiError(405, "MethodNotAllowed", method)
+
+    async def _watch(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        resource: str,
+        namespace: str | None,
+        params: dict[str, str],
+    ) -> aiohttp.web.StreamResponse:
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw)
+        selector, fields = (
+            _selector(params.get("labelSelector", "")),
+            params.get("fieldSelector", ""),
+        )
+        queue: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue()
+        self.watchers[resource].append(queue)
+        since = params.get("resourceVersion")
+        if since and since.isdigit() and int(since) > 0:
+            backlog = [
+                (rv, t, o) for rv, r, t, o in self.history if r == resource and rv > int(since)
+            ]
+        else:
+            backlog = [
+                (int(o["metadata"]["resourceVersion"]), "ADDED", o)
+                for (r, _, _), o in self.store.items()
+                if r == resource
+            ]
+        timeout = float(params.get("timeoutSeconds") or 3600)
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            for event in backlog:
+                await self._send(response, event, namespace, selector, fields)
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=min(left, 5.0))
+                except asyncio.TimeoutError:
+                    continue
+                await self._send(response, event, namespace, selector, fields)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.watchers[resource].remove(queue)
+        return response
+
+    async def _send(
+        self,
+        response: aiohttp.web.StreamResponse,
+        event: tuple[int, str, dict[str, Any]],
+        namespace: str | None,
+        selector: Any,
+        fields: str,
+    ) -> None:
+        _, kind, obj = event
+        meta = obj["metadata"]
+        if namespace and meta.get("namespace") != namespace:
+            return
+        if not selector(meta.get("labels") or {}) or not _fields_match(obj, fields):
+            return
+        await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+
+    # -- the object store: also called directly by tests and the kubelet stand-in ---------------
+
+    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any]:
+        obj = self.store.get((resource, namespace, name))
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
+        return copy.deepcopy(obj)
+
+    def find(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.store.get((resource, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def list(
+        self, resource: str, namespace: str | None, selector: str = "", fields: str = ""
+    ) -> dict[str, Any]:
+        wanted = _selector(selector)
+        found = [
+            (key, o)
+            for key, o in self.by_resource[resource].items()
+            if (not namespace or key[0] == namespace)
+            and wanted(o["metadata"].get("labels") or {})
+            and _fields_match(o, fields)
+        ]
+        items = [copy.deepcopy(o) for _, o in sorted(found, key=lambda pair: pair[0])]
+        return {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": items,
+            "metadata": {"resourceVersion": str(self._current_rv())},
+        }
+
+    def create(self, resource: str, namespace: str, data: dict[str, Any]) -> dict[str, Any]:
+        info = _info(resource)
+        obj = copy.deepcopy(data or {})
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        name = meta.get("name")
+        if not name or not NAME.match(name) or len(name) > 253:
+            raise ApiError(422, "Invalid", f"metadata.name: Invalid value: {name!r}")
+        namespace = namespace if info["namespaced"] else ""
+        if info["namespaced"]:
+            meta["namespace"] = namespace
+        if (resource, namespace, name) in self.store:
+            raise ApiError(409, "AlreadyExists", f'{resource} "{name}" already exists')
+        if info["status"] and resource != "v1/pods":
+            obj.pop("status", None)  # the status subresource is written separately
+        if resource == "v1/pods":
+            obj["status"] = {"phase": "Pending"}
+        if resource.startswith("lightjob.dev/"):
+            self._validate_job(obj)
+        meta.update(
+            uid=str(uuid.uuid4()),
+            generation=1,
+            creationTimestamp=_now().isoformat().replace("+00:00", "Z"),
+        )
+        self._commit(resource, namespace, name, obj, "ADDED")
+        return copy.deepcopy(obj)
+
+    def put(self, resource: str, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store an object as it is, skipping validation (objects from before a schema change)."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("generation", 1)
+        meta.setdefault("creationTimestamp", _now().isoformat().replace("+00:00", "Z"))
+        if namespace:
+            meta["namespace"] = namespace
+        self._commit(resource, namespace, meta["name"], obj, "ADDED")
+        return copy.deepcopy(obj)
+
+    def update(
+        self,
+        resource: str,
+        namespace: str,
+        name: str,
+        subresource: str | None,
+        data: Any,
+        content_type: str = "application/merge-patch+json",
+        method: str = "PATCH",
+    ) -> dict[str, Any]:
+        key = (resource, namespace, name)
+        old = self.store.get(key)
+        if old is None:
+            raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
+        if subresource == "scale":
+            return self._scale(key, old, data, method)
+        if method == "PUT":
+            wanted = (data or {}).get("metadata", {}).get("resourceVersion")
+            if wanted and wanted != old["metadata"]["resourceVersion"]:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {resource} "{name}": '
+                    "the object has been modified; please apply your changes to the latest version",
+                )
+            patched = copy.deepcopy(data)
+        elif "json-patch" in content_type:
+            try:
+                patched = jsonpatch.apply_patch(old, data)
+            except (
+                jsonpatch.JsonPatchTestFailed,
+                jsonpatch.JsonPatchConflict,
+                jsonpatch.JsonPointerException,
+            ) as err:
+                raise ApiError(422, "Invalid", f"the server rejected our request: {err}") from None
+        else:
+            patched = _merge(copy.deepcopy(old), data or {})
+        new = copy.deepcopy(old)
+        info = _info(resource)
+        if subresource == "status":
+            new["status"] = patched.get("status")
+        else:
+            new = patched
+            new["metadata"] = {
+                **patched.get("metadata", {}),
+                **{
+                    k: old["metadata"][k]
+                    for k in ("uid", "namespace", "creationTimestamp", "generation")
+                    if k in old["metadata"]
+                },
+            }
+            if info["status"] and resource != "v1/pods":
+                new["status"] = old.get("status")  # status changes need the subresource
+            if resource.startswith("lightjob.dev/"):
+                self._validate_job(new, old)
+            if new.get("spec") != old.get("spec"):
+                new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        if new.get("status") is None:
+            new.pop("status", None)
+        if new == old:
+            return copy.deepcopy(old)
+        self._commit(resource, namespace, name, new, "MODIFIED")
+        # The last finalizer removed from an object being deleted: it goes. (A pod being
+        # deleted gracefully goes when its kubelet says so, with a zero-grace delete.)
+        meta = new["metadata"]
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and resource != "v1/pods":
+            self._remove(key)
+        return copy.deepcopy(new)
+
+    def delete(
+        self, resource: str, namespace: str, name: str, grace: int | None = None
+    ) -> dict[str, Any]:
+        key = (resource, namespace, name)
+        obj = self.store.get(key)
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
+        meta = obj["metadata"]
+        if resource == "v1/pods" and grace is None:
+            grace = (obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        running = (
+            resource == "v1/pods"
+            and (obj.get("spec") or {}).get("nodeName")
+            and (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        )
+        if meta.get("finalizers") or (running and grace):
+            if not meta.get("deletionTimestamp"):
+                new = copy.deepcopy(obj)
+                new["metadata"]["deletionTimestamp"] = _now().isoformat().replace("+00:00", "Z")
+                if resource == "v1/pods":
+                    new["metadata"]["deletionGracePeriodSeconds"] = grace
+                self._commit(resource, namespace, name, new, "MODIFIED")
+            return copy.deepcopy(self.store[key])
+        return self._remove(key)
+
+    def _remove(self, key: Key) -> dict[str, Any]:
+        obj = self.store.pop(key)
+        self.by_resource[key[0]].pop((key[1], key[2]), None)
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))
+        self._publish(key[0], "DELETED", obj)
+        uid = obj["metadata"].get("uid")
+        for other_key, other in list(self.store.items()):  # owner-reference garbage collection
+            owners = other["metadata"].get("ownerReferences") or []
+            if any(o.get("uid") == uid for o in owners) and other_key in self.store:
+                self.delete(*other_key)
+        return obj
+
+    def _commit(
+        self, resource: str, namespace: str, name: str, obj: dict[str, Any], kind: str
+    ) -> None:
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.store[(resource, namespace, name)] = obj
+        self.by_resource[resource][(namespace, name)] = obj
+        self._publish(resource, kind, obj)
+
+    def _publish(self, resource: str, kind: str, obj: dict[str, Any]) -> None:
+        rv = int(obj["metadata"]["resourceVersion"])
+        snapshot = copy.deepcopy(obj)
+        self.history.append((rv, resource, kind, snapshot))
+        for queue in self.watchers.get(resource, []):
+            queue.put_nowait((rv, kind, snapshot))
+
+    def _current_rv(self) -> int:
+        return self.history[-1][0] if self.history else 0
+
+    # -- LightningJob specifics ----------------------------------------------------------------------
+
+    def _validate_job(self, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        errors = sorted(self._job_schema.iter_errors(obj), key=lambda e: list(e.path))
+        if errors:
+            path = ".".join(str(p) for p in errors[0].path)
+            raise ApiError(422, "Invalid", f"LightningJob is invalid: {path}: {errors[0].message}")
+        spec = obj.get("spec", {})
+        for program, message in self._spec_rules:
+            if not program.evaluate({"self": celpy.json_to_cel(spec)}):
+                raise ApiError(422, "Invalid", f"LightningJob is invalid: spec: {message}")
+        if old is not None:
+            before = old.get("spec", {}).get("checkpoint", {}).get("uri")
+            after = spec.get("checkpoint", {}).get("uri")
+            if before and after and before != after:
+                raise ApiError(422, "Invalid", "spec.checkpoint.uri: Invalid value: is immutable")
+
+    def _scale_of(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion")},
+            "spec": {"replicas": obj["spec"].get("numNodes", 1)},
+            "status": {
+                "replicas": (obj.get("status") or {}).get("replicas", 0),
+                "selector": (obj.get("status") or {}).get("selector", ""),
+            },
+        }
+
+    def _scale(self, key: Key, old: dict[str, Any], data: Any, method: str) -> dict[str, Any]:
+        replicas = (data or {}).get("spec", {}).get("replicas")
+        if not isinstance(replicas, int):
+            raise ApiError(422, "Invalid", "spec.replicas: Required value")
+        self.update(key[0], key[1], key[2], None, {"spec": {"numNodes": replicas}})
+        return self._scale_of(self.store[key])
+
+
+def _route(path: str) -> tuple[str, str | None, str | None, str | None] | None:
+    """(resource path "group/version/plural" or "v1/plural", namespace, name, subresource)."""
+    parts = path.strip("/").split("/")
+    if parts[:1] == ["api"] and len(parts) >= 3:
+        group, version, rest = "", parts[1], parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace = None
+    if (
+        rest[0] == "namespaces"
+        and len(rest) >= 3
+        and (group, version, "namespaces") != ("", "v1", rest[2])
+    ):
+        namespace, rest = rest[1], rest[2:]
+    plural, name, subresource = rest[0], (rest[1:2] or [None])[0], (rest[2:3] or [None])[0]
+    if (group, version, plural) not in RESOURCES:
+        return None
+    resource = f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
+    return resource, namespace, name, subresource
+
+
+def _info(resource: str) -> dict[str, Any]:
+    parts = resource.split("/")
+    key = ("", parts[0], parts[1]) if len(parts) == 2 else (parts[0], parts[1], parts[2])
+    return RESOURCES[key]
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """JSON merge patch (RFC 7386)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if not isinstance(target, dict):
+        target = {}
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = _merge(target.get(key), value)
+    return target
+
+
+def _selector(selector: str) -> Any:
+    """Compile a label selector (a=b, a==b, a!=b, a in (x,y), a notin (x), a, !a) into a
+    predicate over a labels dict."""
+    tests = []
+    for term in re.findall(r"[^,(]+(?:\([^)]*\))?", selector):
+        term = term.strip()
+        if not term:
+            continue
+        found = re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", term)
+        if found:
+            key, negate = found.group(1), found.group(2) == "notin"
+            values = {v.strip() for v in found.group(3).split(",")}
+            tests.append(lambda labels, k=key, v=values, n=negate: (labels.get(k) in v) != n)
+        elif "!=" in term:
+            key, value = (x.strip() for x in term.split("!=", 1))
+            tests.append(lambda labels, k=key, v=value: labels.get(k) != v)
+        elif "=" in term:
+            key, value = (x.strip() for x in term.replace("==", "=").split("=", 1))
+            tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif term.startswith("!"):
+            tests.append(lambda labels, k=term[1:]: k not in labels)
+        else:
+            tests.append(lambda labels, k=term: k in labels)
+    return lambda labels: all(test(labels) for test in tests)
+
+
+def _fields_match(obj: dict[str, Any], fields: str) -> bool:
+    for term in filter(None, fields.split(",")):
+        key, _, value = term.partition("=")
+        node: Any = obj
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if str(node) != value:
+            return False
+    return True
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+async def serve(port: int = 0) -> None:
+    """Run the emulator and the kubelet stand-in as their own process (the benchmark's API
+    server), printing `URL <url>`; GET /debug/calls returns the calls served so far."""
+    from tests.kubelet import Kubelet
+
+    api = Emulator()
+    api.fallback["get /debug/calls"] << (lambda request: {"calls": api.calls})
+    async with api, kmock.Server(api, port=port or None) as server:
+        print(f"URL {str(server.url).rstrip('/')}", flush=True)
+        await Kubelet(api).run()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve())

@@ -1,0 +1,302 @@
+"""The operator, running for real under kopf, against the API emulator and the kubelet
+stand-in: every scenario checks pods, status, conditions and events."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.integration.conftest import JOBS, Cluster, OperatorRun
+
+
+def job(name: str = "demo", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "lightjob.dev/v1alpha1",
+        "kind": "LightningJob",
+        "metadata": {"name": name},
+        "spec": {"image": "ghcr.io/example/train:1", "numNodes": 2, **spec},
+    }
+
+
+def phase(cluster: Cluster) -> str | None:
+    return (cluster.job().get("status") or {}).get("phase")
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+
+
+async def test_create_leads_to_service_pods_env_and_running(cluster: Cluster) -> None:
+    cluster.api.create(JOBS, "default", job(checkpoint={"uri": "s3://bucket/demo"}))
+    await cluster.wait(lambda: phase(cluster) == "Running", what="Running")
+    service = cluster.api.get("v1/services", "default", "demo")
+    assert service["spec"]["clusterIP"] == "None"
+    pods = cluster.pods()
+    assert sorted(pods) == ["demo-node-0", "demo-node-1"]
+    env = env_of(pods["demo-node-1"])
+    assert env["MASTER_ADDR"] == "demo-node-0.demo.default.svc" and env["NODE_RANK"] == "1"
+    assert env["WORLD_SIZE"] == "2" and env["LIGHTJOB_CHECKPOINT_URI"] == "s3://bucket/demo"
+    owner = pods["demo-node-0"]["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == cluster.job()["metadata"]["uid"]
+    status = cluster.job()["status"]
+    assert status["nodes"] == "2/2" and status["attempt"] == 1 and status["observedGeneration"] == 1
+    running = next(c for c in status["conditions"] if c["type"] == "Running")
+    assert running["status"] == "True"
+    await cluster.wait(lambda: any("AttemptStarted" in e for e in cluster.events()), what="events")
+
+
+async def test_node_zero_succeeding_succeeds_and_cleans_up(cluster: Cluster) -> None:
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(lambda: phase(cluster) == "Running")
+    cluster.kubelet.exit("demo-node-0", 0)
+    await cluster.wait(lambda: phase(cluster) == "Succeeded", what="Succeeded")
+    # cleanPodPolicy Running: node 1 still ran, so it is stopped; node 0 stays, with its logs.
+    await cluster.wait(lambda: sorted(cluster.pods()) == ["demo-node-0"], what="cleanup")
+    status = cluster.job()["status"]
+    assert status["completionTime"] and (status["restarts"], status["preemptions"]) == (0, 0)
+    await cluster.wait(lambda: any(e.startswith("Succeeded") for e in cluster.events()))
+
+
+def status_of(cluster: Cluster) -> dict[str, Any]:
+    return cluster.job().get("status") or {}
+
+
+def attempts(cluster: Cluster) -> set[str]:
+    return {p["metadata"]["labels"]["lightjob.dev/attempt"] for p in cluster.pods().values()}
+
+
+async def test_a_failure_restarts_the_gang_with_back_off_then_fails(cluster: Cluster) -> None:
+    cluster.api.create(JOBS, "default", job(runPolicy={"backoffLimit": 1}))
+    await cluster.wait(lambda: phase(cluster) == "Running")
+    cluster.kubelet.exit("demo-node-1", 1)
+    await cluster.wait(lambda: status_of(cluster).get("restarts") == 1, what="restart")
+    assert status_of(cluster)["preemptions"] == 0
+    await cluster.wait(
+        lambda: phase(cluster) == "Running" and attempts(cluster) == {"2"}, what="attempt 2"
+    )
+    await cluster.wait(
+        lambda: any(
+            "NodeFailed" in e and "node 1 exited with code 1" in e for e in cluster.events()
+        )
+    )
+    cluster.kubelet.exit("demo-node-0", 3)
+    await cluster.wait(lambda: phase(cluster) == "Failed", what="Failed")
+    status = status_of(cluster)
+    assert status["restarts"] == 2 and "backoffLimit=1 exceeded" in status["message"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "BackoffLimitExceeded"
+    await cluster.wait(lambda: sorted(cluster.pods()) == ["demo-node-0"])  # its logs are kept
+
+
+async def test_a_preemption_restarts_without_consuming_the_backoff_limit(cluster: Cluster) -> None:
+    cluster.api.create(JOBS, "default", job(runPolicy={"backoffLimit": 0}))
+    await cluster.wait(lambda: phase(cluster) == "Running")
+    cluster.kubelet.evict("demo-node-1")
+    await cluster.wait(lambda: status_of(cluster).get("preemptions") == 1, what="preemption")
+    await cluster.wait(
+        lambda: phase(cluster) == "Running" and attempts(cluster) == {"2"}, what="attempt 2"
+    )
+    assert status_of(cluster)["restarts"] == 0
+    await cluster.wait(
+        # Seen as the eviction's DisruptionTarget, the SIGTERM exit (143) or the pod's deletion,
+        # whichever the operator observes first: a preemption in every case.
+        lambda: any(
+            e.startswith("Preempted: attempt 1:") and "node 1" in e for e in cluster.events()
+        )
+    )
+
+
+async def test_kubectl_scale_resizes_the_job(cluster: Cluster) -> None:
+    import kubernetes
+
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(lambda: phase(cluster) == "Running")
+    client = kubernetes.config.new_client_from_config(config_file=cluster.kubeconfig)
+    api = kubernetes.client.CustomObjectsApi(client)
+    # What `kubectl scale lj/demo --replicas=3` sends: a patch of the scale subresource.
+    scale = await asyncio.to_thread(
+        api.patch_namespaced_custom_object_scale,
+        "lightjob.dev",
+        "v1alpha1",
+        "default",
+        "lightningjobs",
+        "demo",
+        {"spec": {"replicas": 3}},
+    )
+    assert scale["spec"]["replicas"] == 3
+    await cluster.wait(
+        lambda: (
+            sorted(cluster.pods()) == ["demo-node-0", "demo-node-1", "demo-node-2"]
+            and phase(cluster) == "Running"
+        ),
+        what="3 nodes",
+    )
+    status = status_of(cluster)
+    assert (status["resizes"], status["restarts"], status["preemptions"], status["nodes"]) == (
+        1,
+        0,
+        0,
+        "3/3",
+    )
+    assert env_of(cluster.pods()["demo-node-2"])["WORLD_SIZE"] == "3"
+    assert cluster.job()["metadata"]["generation"] == 2 and status["observedGeneration"] == 2
+    read = await asyncio.to_thread(
+        api.get_namespaced_custom_object_scale,
+        "lightjob.dev",
+        "v1alpha1",
+        "default",
+        "lightningjobs",
+        "demo",
+    )
+    assert (
+        read["status"]["replicas"] == 3
+        and read["status"]["selector"] == "lightjob.dev/job-name=demo"
+    )
+
+
+async def test_suspend_removes_the_pods_and_resume_recreates_them(cluster: Cluster) -> None:
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(lambda: phase(cluster) == "Running")
+    cluster.api.update(JOBS, "default", "demo", None, {"spec": {"runPolicy": {"suspend": True}}})
+    await cluster.wait(
+        lambda: phase(cluster) == "Suspended" and not cluster.pods(), what="suspended"
+    )
+    suspended = next(c for c in status_of(cluster)["conditions"] if c["type"] == "Suspended")
+    assert suspended["status"] == "True"
+    cluster.api.update(JOBS, "default", "demo", None, {"spec": {"runPolicy": {"suspend": False}}})
+    await cluster.wait(
+        lambda: phase(cluster) == "Running" and attempts(cluster) == {"2"}, what="resumed"
+    )
+    assert (status_of(cluster)["restarts"], status_of(cluster)["preemptions"]) == (0, 0)
+    await cluster.wait(lambda: any(e.startswith("Resumed") for e in cluster.events()))
+
+
+async def test_the_deadlines_and_the_ttl_take_effect(cluster: Cluster) -> None:
+    cluster.api.create(JOBS, "default", job("late", runPolicy={"activeDeadlineSeconds": 2}))
+    cluster.kubelet.unschedulable["stuck-node-1"] = (
+        "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    )
+    cluster.api.create(JOBS, "default", job("stuck", runPolicy={"pendingDeadlineSeconds": 2}))
+    cluster.api.create(
+        JOBS, "default", job("short", numNodes=1, runPolicy={"ttlSecondsAfterFinished": 1})
+    )
+
+    def phase_of(name: str) -> str | None:
+        return (cluster.api.get(JOBS, "default", name).get("status") or {}).get("phase")
+
+    await cluster.wait(lambda: phase_of("late") == "Failed", timeout=30, what="active deadline")
+    assert (
+        "activeDeadlineSeconds=2" in cluster.api.get(JOBS, "default", "late")["status"]["message"]
+    )
+    await cluster.wait(lambda: phase_of("stuck") == "Failed", timeout=30, what="pending deadline")
+    message = cluster.api.get(JOBS, "default", "stuck")["status"]["message"]
+    assert "pendingDeadlineSeconds=2" in message and "Insufficient nvidia.com/gpu" in message
+    assert any(
+        "Unschedulable" in e and "Insufficient nvidia.com/gpu" in e for e in cluster.events()
+    )
+    await cluster.wait(lambda: phase_of("short") == "Running")
+    cluster.kubelet.exit("short-node-0", 0)
+    await cluster.wait(
+        lambda: cluster.api.find(JOBS, "default", "short") is None, timeout=30, what="TTL"
+    )
+    await cluster.wait(
+        lambda: "short-node-0" not in cluster.pods(), what="pods collected with their owner"
+    )
+
+
+async def test_a_bad_stored_spec_fails_with_the_field_named(cluster: Cluster) -> None:
+    # Created before a schema change, so the API server never validated it.
+    cluster.api.put(JOBS, "default", {**job("broken"), "spec": {"image": "x", "numNodes": 0}})
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(
+        lambda: (
+            (cluster.api.get(JOBS, "default", "broken").get("status") or {}).get("phase")
+            == "Failed"
+        )
+    )
+    assert "spec.numNodes" in cluster.api.get(JOBS, "default", "broken")["status"]["message"]
+    await cluster.wait(lambda: phase(cluster) == "Running", what="other jobs go on")
+    assert not [p for p in cluster.pods() if p.startswith("broken")]
+
+
+async def test_api_errors_are_retried(cluster: Cluster) -> None:
+    cluster.api.faults += [["POST", "/pods", 500, 2], ["PATCH", "/status", 429, 1]]
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(lambda: phase(cluster) == "Running", what="Running despite errors")
+    assert [f[3] for f in cluster.api.faults] == [0, 0]
+    assert sorted(cluster.pods()) == ["demo-node-0", "demo-node-1"]
+
+
+async def test_an_operator_killed_mid_plan_creates_no_duplicates(emulated: Cluster) -> None:
+    first = OperatorRun(emulated)
+    await first.start()
+    dead = ["POST", "/pods", 422, 10_000]  # a dead operator's calls never reach the API
+
+    def die_after_the_second_pod(method: str, resource: str, name: str | None) -> None:
+        if method == "POST" and resource == "v1/pods" and len(emulated.pods()) == 2:
+            emulated.api.after_write = None
+            emulated.api.faults.append(dead)
+            asyncio.get_running_loop().create_task(first.stop(hard=True))
+
+    emulated.api.after_write = die_after_the_second_pod
+    emulated.api.create(JOBS, "default", job(numNodes=4))
+    await emulated.wait(lambda: first.done, what="operator killed")
+    await asyncio.sleep(0.5)  # let its last handler thread give up
+    assert sorted(emulated.pods()) == ["demo-node-0", "demo-node-1"]  # half of the plan
+    emulated.api.faults.remove(dead)
+    second = OperatorRun(emulated)
+    await second.start()
+    try:
+        await emulated.wait(lambda: phase(emulated) == "Running", what="Running after restart")
+        assert sorted(emulated.pods()) == [f"demo-node-{r}" for r in range(4)]
+        added = [
+            o["metadata"]["name"]
+            for _, r, kind, o in emulated.api.history
+            if r == "v1/pods" and kind == "ADDED"
+        ]
+        assert sorted(added) == [f"demo-node-{r}" for r in range(4)]  # each pod created once
+        assert status_of(emulated)["attempt"] == 1 and status_of(emulated)["restarts"] == 0
+    finally:
+        await second.stop()
+
+
+async def test_leader_election_through_kopf_peering(emulated: Cluster) -> None:
+    emulated.api.create(
+        "kopf.dev/v1/kopfpeerings",
+        "default",
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "lightjob"}},
+    )
+    operator = OperatorRun(emulated, peering="lightjob")
+    await operator.start()
+    try:
+        emulated.api.create(JOBS, "default", job())
+        await emulated.wait(
+            lambda: phase(emulated) == "Running", timeout=30, what="Running under peering"
+        )
+        peering = emulated.api.get("kopf.dev/v1/kopfpeerings", "default", "lightjob")
+        assert peering.get("status"), "the operator announces itself in the peering object"
+    finally:
+        await operator.stop()
+
+
+async def test_metrics_are_served(emulated: Cluster) -> None:
+    import urllib.request
+
+    from lightjob.runtime.distributed import find_free_port
+
+    port = find_free_port()
+    operator = OperatorRun(emulated, metrics_port=port)
+    await operator.start()
+    try:
+        emulated.api.create(JOBS, "default", job())
+        await emulated.wait(lambda: phase(emulated) == "Running")
+        emulated.kubelet.exit("demo-node-1", 2)
+        await emulated.wait(lambda: status_of(emulated).get("restarts") == 1)
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        )
+    finally:
+        await operator.stop()
+    assert 'lightjob_restarts_total{reason="exit_code"}' in body
+    assert "lightjob_reconcile_duration_seconds_count" in body
+    assert "lightjob_pods_created_total" in body and 'lightjob_jobs{phase="' in body
