@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # unconstrained `torch` would pull a multi-GB CUDA build. Override for a GPU box.
 TORCH ?= torch==2.13.0
 
-.PHONY: install lint test generate lock clean
+.PHONY: install lint test run generate lock clean
 
 install: $(VENV)/.installed
 
@@ -24,13 +24,17 @@ lock:
 	mv constraints.new constraints.txt
 
 lint: install
-	$(BIN)/ruff check lightjob tests benchmarks examples
-	$(BIN)/ruff format --check lightjob tests benchmarks examples
+	$(BIN)/ruff check lightjob tests e2e benchmarks examples
+	$(BIN)/ruff format --check lightjob tests e2e benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest
+
+# The main job: the digits example on 2 local nodes, with a preemption to show resuming.
+run: install
+	$(BIN)/lightjob run examples/digits/lightningjob.yaml --preempt-after 5
 
 # Rewrite the files generated from lightjob/api/models.py (tests fail when they are stale).
 generate: install
@@ -38,4 +42,4 @@ generate: install
 	$(BIN)/python -c "import re,subprocess,pathlib; p=pathlib.Path('docs/api.md'); ref=subprocess.check_output(['$(BIN)/lightjob','crd','--markdown'],text=True); s=p.read_text(); a='<!-- reference:start -->\n'; b='<!-- reference:end -->'; p.write_text(s[:s.index(a)+len(a)]+ref+s[s.index(b):])"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info runs

@@ -20,6 +20,29 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("files", nargs="+", metavar="FILE", help="YAML files ('-' for stdin)")
     validate.set_defaults(handler=_validate)
 
+    run = commands.add_parser(
+        "run", help="run a LightningJob on this machine (or --kube: on a cluster)"
+    )
+    run.add_argument("file", metavar="JOB.yaml")
+    run.add_argument("--nodes", type=int, help="override spec.numNodes")
+    run.add_argument(
+        "--preempt-after",
+        type=float,
+        metavar="SECONDS",
+        help="preempt a random node after this long, to show resuming",
+    )
+    run.add_argument("--runs-dir", default="runs", help="where logs, status and checkpoints go")
+    run.add_argument(
+        "--backoff-seconds", type=float, default=2.0, help="first back-off after a failure"
+    )
+    run.add_argument(
+        "--kube",
+        action="store_true",
+        help="apply the job to the current kubeconfig cluster and follow it instead",
+    )
+    run.add_argument("--context", help="kubeconfig context for --kube (implies --kube)")
+    run.set_defaults(handler=_run)
+
     operator = commands.add_parser("operator", help="run the LightningJob operator (kopf)")
     scope = operator.add_mutually_exclusive_group()
     scope.add_argument(
@@ -88,6 +111,25 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{num_bad} invalid document(s), {num_good} valid", file=sys.stderr)
         return 1
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.kube or args.context:
+        from lightjob.local.follow import follow
+
+        return follow(args.file, context=args.context)
+    from lightjob.local.runner import Run
+
+    if args.nodes is not None and args.nodes < 1:
+        print("lightjob run: --nodes must be >= 1", file=sys.stderr)
+        return 2
+    return Run(
+        args.file,
+        nodes=args.nodes,
+        preempt_after=args.preempt_after,
+        runs_dir=args.runs_dir,
+        backoff_seconds=args.backoff_seconds,
+    ).main()
 
 
 def _operator(args: argparse.Namespace) -> int:

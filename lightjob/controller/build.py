@@ -112,6 +112,15 @@ def build_env(
     return [{"name": k, "value": v} for k, v in env.items() if k not in names] + user
 
 
+def _resources(spec: LightningJobSpec) -> dict[str, Any]:
+    """Quantities as strings ("1", "2Gi"): what typed Kubernetes clients require."""
+    resources = spec.resources_per_node.model_dump(by_alias=True, exclude_defaults=True)
+    for kind in ("limits", "requests"):
+        if kind in resources:
+            resources[kind] = {k: str(v) for k, v in resources[kind].items()}
+    return resources
+
+
 def build_pod(
     job: str, namespace: str, uid: str, spec: LightningJobSpec, rank: int, attempt: int
 ) -> Manifest:
@@ -122,6 +131,10 @@ def build_pod(
         "image": spec.image,
         "env": build_env(job, namespace, uid, spec, rank, attempt),
         "ports": [{"name": "rendezvous", "containerPort": spec.rendezvous.port}],
+        # The runtime writes its final metrics there; on an error the log's tail (the
+        # traceback) becomes the message, and so reaches the job's status.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     optional = {
         "imagePullPolicy": spec.image_pull_policy,
@@ -129,8 +142,7 @@ def build_pod(
         "args": spec.args,
         "workingDir": spec.working_dir,
         "envFrom": (spec.env_from + spec.checkpoint.env_from) or None,
-        "resources": spec.resources_per_node.model_dump(by_alias=True, exclude_defaults=True)
-        or None,
+        "resources": _resources(spec) or None,
         "volumeMounts": spec.volume_mounts or None,
     }
     container.update({k: v for k, v in optional.items() if v is not None})

@@ -15,12 +15,13 @@ or a suspend. The next attempt starts once every pod of the last one is gone.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from lightjob.api.models import LightningJob, LightningJobSpec, LightningJobStatus
+from lightjob.api.models import LightningJob, LightningJobSpec, LightningJobStatus, Progress
 from lightjob.api.validate import explain
 from lightjob.controller import build
 from lightjob.controller.status import set_conditions
@@ -45,6 +46,7 @@ class PodView:
     reason: str  # why it terminated: "OOMKilled", "Error", "Completed", ...
     disrupted: str | None  # why it was disrupted (preempted, evicted, node lost), if it was
     unschedulable: str | None  # the scheduler's message while it cannot be placed
+    message: str = ""  # the trainer's termination message (final metrics, or a log tail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,7 @@ def observe_pod(pod: dict[str, Any], job_uid: str) -> PodView | None:
         reason=(terminated or {}).get("reason") or "",
         disrupted=disrupted,
         unschedulable=unschedulable,
+        message=(terminated or {}).get("message") or "",
     )
 
 
@@ -267,6 +270,7 @@ def _decide(
 
     outcome = _classify(current, status.replicas, status.phase, added)
     if outcome.kind == "succeeded":
+        _final_progress(status, next((p for p in current if p.rank == 0), None))
         _finish(status, plan, now, "Succeeded", "Succeeded", "node 0's trainer exited 0")
         _clean_up(spec, current, plan)
         return _complete(job, status, plan, now, reason="Succeeded")
@@ -355,6 +359,26 @@ def _active(
     return _complete(job, status, plan, now, reason="Unschedulable")
 
 
+def _last_line(message: str) -> str:
+    """The last line of a termination message (a traceback's error), for status."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return f": {lines[-1][:200]}" if lines else ""
+
+
+def _final_progress(status: LightningJobStatus, node0: PodView | None) -> None:
+    """Node 0's termination message holds the final step and metrics (JSON)."""
+    if node0 is None or not node0.message.startswith("{"):
+        return
+    try:
+        final = json.loads(node0.message)
+        metrics = {k: float(v) for k, v in (final.get("metrics") or {}).items()}
+        status.progress = Progress(
+            epoch=final.get("epoch"), step=final.get("step"), metrics=metrics
+        )
+    except (ValueError, TypeError, AttributeError):
+        pass
+
+
 def _progress(status: LightningJobStatus) -> str:
     return f"attempt {status.attempt}: {status.ready_nodes}/{status.replicas} nodes running"
 
@@ -390,7 +414,9 @@ def _classify(current: list[PodView], replicas: int, phase: str, added: list[int
     for pod in members:
         if pod.exit_code is not None and pod.exit_code != 0:
             return _Outcome(
-                "failed", f"node {pod.rank} exited with code {pod.exit_code}", "exit_code"
+                "failed",
+                f"node {pod.rank} exited with code {pod.exit_code}{_last_line(pod.message)}",
+                "exit_code",
             )
         if pod.phase == "Failed":
             return _Outcome("failed", f"node {pod.rank}'s pod failed", "pod_failed")

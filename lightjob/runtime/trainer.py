@@ -8,6 +8,7 @@ optimization step is in `_training_step`. Helpers get the few values they need.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import os
@@ -726,7 +727,28 @@ class Trainer:
         if self.is_global_zero:
             for logger in self.loggers:
                 logger.finalize("success" if error is None else "failed")
+            if error is None and fn == "fit":
+                self._write_termination_message()
         self.state.stage = None
+
+    def _write_termination_message(self) -> None:
+        """Under the operator, leave the final step and metrics where Kubernetes reads a
+        container's termination message (terminationMessagePath), for the job's status."""
+        path = os.environ.get("LIGHTJOB_TERMINATION_LOG")
+        if path is None:
+            default = "/dev/termination-log"
+            if "LIGHTJOB_JOB_NAME" not in os.environ or not os.access(default, os.W_OK):
+                return
+            path = default
+        metrics = {k: to_float(v) for k, v in self.callback_metrics.items()}
+        message = {"step": self.global_step, "epoch": self.current_epoch, "metrics": metrics}
+        if self.last_checkpoint is not None:
+            message["checkpoint"] = self.last_checkpoint.uri
+        try:
+            with open(path, "w") as out:
+                json.dump(message, out)
+        except OSError as err:
+            log.warning("lightjob: could not write the termination message to %s: %s", path, err)
 
     def _start_durability(self) -> Durability | None:
         """The run's checkpoint store, checked writable before any training, and the

@@ -31,7 +31,7 @@ class Cluster:
         return self.api.get(JOBS, "default", name)
 
     def pods(self) -> dict[str, dict[str, Any]]:
-        return {p["metadata"]["name"]: p for p in self.kubelet.pods()}
+        return {p["metadata"]["name"]: p for p in self.api.list("v1/pods", "default")["items"]}
 
     def events(self) -> list[str]:
         items = self.api.list("v1/events", "default")["items"]

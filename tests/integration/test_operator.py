@@ -300,3 +300,25 @@ async def test_metrics_are_served(emulated: Cluster) -> None:
     assert 'lightjob_restarts_total{reason="exit_code"}' in body
     assert "lightjob_reconcile_duration_seconds_count" in body
     assert "lightjob_pods_created_total" in body and 'lightjob_jobs{phase="' in body
+
+
+async def test_lightjob_run_kube_applies_and_follows_to_the_end(
+    cluster: Cluster, tmp_path: Any
+) -> None:
+    import io
+
+    import yaml
+
+    from lightjob.local.follow import follow
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job()))
+    out = io.StringIO()
+    following = asyncio.create_task(asyncio.to_thread(follow, str(path), None, out, 0.2))
+    await cluster.wait(lambda: phase(cluster) == "Running", what="Running")
+    cluster.kubelet.exit("demo-node-0", 0)
+    code = await asyncio.wait_for(following, timeout=30)
+    assert code == 0, out.getvalue()
+    text = out.getvalue()
+    assert "lightjob: created default/demo" in text and "lightjob: demo Succeeded" in text
+    assert "AttemptStarted: attempt 1 started on 2 nodes" in text

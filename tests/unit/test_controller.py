@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -482,3 +483,31 @@ def test_any_observed_state_gives_a_safe_idempotent_plan(
     after_body, after_pods = apply(plan, body, pods)
     again = plan_for(after_body, after_pods)
     assert not again.create and not again.delete and again.status is None, (plan, again)
+
+
+def test_quantities_become_strings_and_termination_messages_reach_status() -> None:
+    body = job_body(resourcesPerNode={"limits": {"cpu": 1, "memory": "2Gi", "nvidia.com/gpu": 2}})
+    pod0 = next(m for m in plan_for(body, []).create if m["kind"] == "Pod")
+    container = pod0["spec"]["containers"][0]
+    assert container["resources"] == {
+        "limits": {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": "2"}
+    }
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+    crashed = pod(1, state="terminated", exit_code=1)
+    crashed["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = (
+        'Traceback (most recent call last):\n  File "train.py"\nValueError: boom\n'
+    )
+    plan = plan_for(job_body(running()), [pod(0), crashed])
+    assert (
+        plan.status is not None
+        and plan.status["message"] == "node 1 exited with code 1: ValueError: boom"
+    )
+
+    done = pod(0, state="terminated", exit_code=0)
+    done["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = json.dumps(
+        {"step": 690, "epoch": 30, "metrics": {"val_acc": 0.975}}
+    )
+    plan = plan_for(job_body(running()), [done, pod(1)])
+    assert plan.status is not None
+    assert plan.status["progress"] == {"epoch": 30, "step": 690, "metrics": {"val_acc": 0.975}}

@@ -1,0 +1,28 @@
+"""A training script that fails after a few steps, for the end-to-end tests."""
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightjob as L
+
+
+class Fails(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 3:
+            raise ValueError("boom on purpose")
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+if __name__ == "__main__":
+    data = TensorDataset(torch.randn(64, 4))
+    L.Trainer(accelerator="cpu", max_epochs=1, enable_checkpointing=False).fit(
+        Fails(), DataLoader(data, batch_size=8)
+    )
