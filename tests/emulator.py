@@ -60,12 +60,17 @@ RESOURCES: dict[tuple[str, str, str], dict[str, Any]] = {
         "status": True,
         "scale": True,
     },
+    # As the chart's CRDs (charts/lightjob/crds/kopf-peering.yaml): no status subresource.
     ("kopf.dev", "v1", "clusterkopfpeerings"): {
         "kind": "ClusterKopfPeering",
         "namespaced": False,
-        "status": True,
+        "status": False,
     },
-    ("kopf.dev", "v1", "kopfpeerings"): {"kind": "KopfPeering", "namespaced": True, "status": True},
+    ("kopf.dev", "v1", "kopfpeerings"): {
+        "kind": "KopfPeering",
+        "namespaced": True,
+        "status": False,
+    },
 }
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -95,6 +100,7 @@ class Emulator(kmock.KubernetesScaffold):
             defaultdict(list)
         )
         self.calls: list[tuple[str, str]] = []  # (method, path) of every object request
+        self.queries: list[dict[str, str]] = []  # and its query parameters
         # Faults to inject: (method, path fragment, status code, times left).
         self.faults: list[list[Any]] = []
         self.after_write: Any = None  # called with (method, resource, name) after each write
@@ -117,6 +123,7 @@ class Emulator(kmock.KubernetesScaffold):
             return await super().__call__(raw)  # discovery: /api, /apis, /apis/g/v, /version
         resource, namespace, name, subresource = route
         self.calls.append((raw.method, raw.path))
+        self.queries.append(dict(raw.query))
         for fault in self.faults:
             if fault[0] == raw.method and fault[1] in raw.path and fault[3] > 0:
                 fault[3] -= 1

@@ -104,6 +104,11 @@ class PodTemplate(Model):
     image_pull_secrets: list[KubeObject] = Field(
         default_factory=list, description="Pod imagePullSecrets, e.g. [{name: regcred}]."
     )
+    automount_service_account_token: bool = Field(
+        False,
+        description="Mount an API token into job pods. Off by default: training needs no "
+        "Kubernetes API access.",
+    )
 
 
 class CheckpointSpec(Model):

@@ -150,6 +150,7 @@ def build_pod(
         "hostname": name,
         "subdomain": job,
         "restartPolicy": "Never",  # the controller restarts the gang, never the kubelet
+        "automountServiceAccountToken": template.automount_service_account_token,
         "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
         "containers": [container],
     }

@@ -137,6 +137,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = config.finalizer
+        # Watch exactly the namespaces given (or all): no listing of namespaces or CRDs,
+        # which a least-privilege Role could not do anyway (see operator/rbac.py).
+        settings.scanning.disabled = True
         settings.posting.level = logging.WARNING  # kopf's own events: warnings only
         settings.execution.max_workers = 32
         import kubernetes

@@ -322,3 +322,45 @@ async def test_lightjob_run_kube_applies_and_follows_to_the_end(
     text = out.getvalue()
     assert "lightjob: created default/demo" in text and "lightjob: demo Succeeded" in text
     assert "AttemptStarted: attempt 1 started on 2 nodes" in text
+
+
+async def test_every_api_call_is_in_the_declared_rbac_and_every_rule_is_used(
+    emulated: Cluster,
+) -> None:
+    from lightjob.operator import rbac
+
+    emulated.api.create(
+        "kopf.dev/v1/kopfpeerings",
+        "default",
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "lightjob"}},
+    )
+    emulated.api.calls.clear()
+    emulated.api.queries.clear()
+    operator = OperatorRun(emulated, peering="lightjob")
+    await operator.start()
+    try:
+        emulated.api.create(JOBS, "default", job(runPolicy={"ttlSecondsAfterFinished": 1}))
+        await emulated.wait(lambda: phase(emulated) == "Running", timeout=30)
+        emulated.kubelet.exit("demo-node-0", 0)
+        await emulated.wait(
+            lambda: emulated.api.find(JOBS, "default", "demo") is None, timeout=30, what="TTL"
+        )
+    finally:
+        await operator.stop()
+    granted = rbac.rules(cluster_wide=False, peering=True)
+    used = set()
+    for (method, path), query in zip(emulated.api.calls, emulated.api.queries, strict=True):
+        permission = rbac.call_to_permission(method, path, query)
+        if permission is None:
+            continue
+        assert rbac.allows(granted, *permission), f"{method} {path} needs {permission}, not granted"
+        used.add(permission)
+    unused = [
+        (g, res, v)
+        for rule in granted
+        for g in rule["apiGroups"]
+        for res in rule["resources"]
+        for v in rule["verbs"]
+        if (g, res, v) not in used
+    ]
+    assert not unused, f"rules granted but never used: {unused}"

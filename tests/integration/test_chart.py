@@ -1,0 +1,202 @@
+"""The Helm chart, rendered by a real helm binary, and the images and the kind script."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from lightjob.operator import rbac
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "lightjob"
+HELM = str(Path(sys.executable).parent / "helm")
+PSS_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120)
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    args = [a for s in sets for a in ("--set", s)]
+    result = helm("template", "lj", str(CHART), "-n", "lightjob-system", *args)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def crd_schemas() -> dict[str, Any]:
+    """Schemas of the custom resources the chart creates, from the chart's own CRDs."""
+    schemas = {}
+    for path in (CHART / "crds").glob("*.yaml"):
+        for crd in yaml.safe_load_all(path.read_text()):
+            kind = crd["spec"]["names"]["kind"]
+            schemas[kind] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def normalised(
+    rules: list[dict[str, Any]],
+) -> list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
+    return sorted(
+        (tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in rules
+    )
+
+
+VARIANTS = {
+    "defaults": (),
+    "namespace list": ("watch.namespaces={team-a,team-b}",),
+    "service monitor": ("metrics.serviceMonitor.enabled=true",),
+    "no peering": ("peering.enabled=false", "replicaCount=1"),
+}
+
+
+def test_helm_lint_passes() -> None:
+    result = helm("lint", str(CHART), "--strict")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_rendered_manifest_is_valid(variant: str) -> None:
+    schemas = crd_schemas()
+    docs = render(*VARIANTS[variant])
+    assert docs
+    for doc in docs:
+        if doc["kind"] in schemas:
+            jsonschema.Draft4Validator(schemas[doc["kind"]]).validate(doc)
+        elif doc["kind"] == "ServiceMonitor":
+            assert doc["spec"]["endpoints"][0]["port"] == "metrics"  # a Prometheus Operator CRD
+        else:
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize(
+    ("variant", "cluster_wide"),
+    [("defaults", True), ("namespace list", False), ("no peering", True)],
+)
+def test_the_operator_gets_exactly_the_rules_it_uses_and_no_secrets(
+    variant: str, cluster_wide: bool
+) -> None:
+    docs = render(*VARIANTS[variant])
+    peering = variant != "no peering"
+    roles = [
+        d
+        for d in docs
+        if d["kind"] in ("Role", "ClusterRole") and not d["metadata"]["name"].endswith("-edit")
+    ]
+    assert roles and all((d["kind"] == "ClusterRole") == cluster_wide for d in roles)
+    for role in roles:
+        assert normalised(role["rules"]) == normalised(
+            rbac.rules(cluster_wide=cluster_wide, peering=peering)
+        )
+    for doc in docs:
+        for rule in doc.get("rules", []):
+            assert (
+                "secrets" not in rule["resources"] and "*" not in rule["resources"] + rule["verbs"]
+            )
+    if not cluster_wide:
+        assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+        bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+        assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+        assert all(b["subjects"][0]["namespace"] == "lightjob-system" for b in bindings)
+
+
+def test_the_operator_runs_restricted_with_leader_election() -> None:
+    docs = render()
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 2
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    assert PSS_CONTAINER.items() <= container["securityContext"].items()
+    assert container["args"] == [
+        "operator",
+        "--all-namespaces",
+        "--peering=lightjob",
+        "--metrics-port=8080",
+        "--interval=10",
+        "--backoff-seconds=10",
+    ]
+    assert (
+        next(d for d in docs if d["kind"] == "ClusterKopfPeering")["metadata"]["name"] == "lightjob"
+    )
+    scoped = next(d for d in render(*VARIANTS["namespace list"]) if d["kind"] == "Deployment")
+    assert scoped["spec"]["template"]["spec"]["containers"][0]["args"][1:3] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("replicaCount=-1", "at '/replicaCount': minimum: got -1, want 1"),
+        ("replicaCnt=2", "additional properties 'replicaCnt' not allowed"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("watch.namespaces={Team_A}", "/watch/namespaces/0"),
+        ("metrics.port=70000", "/metrics/port"),
+    ],
+)
+def test_invalid_values_fail_the_schema_with_a_clear_message(setting: str, message: str) -> None:
+    result = helm("template", "lj", str(CHART), "--set", setting)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_chart_carries_the_generated_crd_and_documents_every_value() -> None:
+    assert (CHART / "crds" / "lightningjob.yaml").read_text() == (
+        ROOT / "crds" / "lightningjob.yaml"
+    ).read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def keys(node: Any, prefix: str = "") -> list[str]:
+        if (
+            isinstance(node, dict)
+            and node
+            and prefix not in ("resources", "podSecurityContext", "securityContext")
+        ):
+            return [
+                k
+                for key, value in node.items()
+                for k in keys(value, f"{prefix}.{key}" if prefix else key)
+            ]
+        return [prefix]
+
+    readme = (CHART / "README.md").read_text()
+    missing = [k for k in keys(values) if f"| `{k}` |" not in readme]
+    assert not missing, f"values missing from charts/lightjob/README.md: {missing}"
+
+
+def test_images_install_the_right_extras_and_run_as_non_root() -> None:
+    operator = (ROOT / "docker" / "operator.Dockerfile").read_text()
+    runtime = (ROOT / "docker" / "runtime.Dockerfile").read_text()
+    assert 'pip install ".[operator]"' in operator and "torch" not in operator.lower().replace(
+        "no torch", ""
+    )
+    assert re.search(r"^USER 65532:65532$", operator, re.M)
+    assert re.search(r"^FROM pytorch/pytorch:\S+-cuda", runtime, re.M)
+    assert '"/app[runtime]"' in runtime and re.search(r"^USER 1000:1000$", runtime, re.M)
+    chart_user = yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"][
+        "runAsUser"
+    ]
+    assert chart_user == 65532
+
+
+def test_the_kind_script_passes_shellcheck() -> None:
+    shellcheck = str(Path(sys.executable).parent / "shellcheck")
+    result = subprocess.run(
+        [shellcheck, str(ROOT / "e2e" / "kind" / "run.sh")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
