@@ -9,7 +9,8 @@ Lightning log `train_loss` every step with their default logger and progress bar
     python benchmarks/trainer_overhead.py [--steps 3000] [--repeats 3]
 
 Prints each way's median per-step time and the ratios to the hand-written loop, plus
-import times. Targets (issue 3): lightjob <= 1.10x the raw loop; `import lightjob;
+import times. Targets (issue 3): lightjob <= 1.10x the raw loop, also with metrics
+served and scraped (issue 9); `import lightjob;
 lightjob.Trainer` <= 0.3 s over `import torch`.
 """
 
@@ -107,6 +108,44 @@ def lightjob_fit(steps: int) -> float:
     return clock.per_step
 
 
+METRICS_ENV = {"LIGHTJOB_POD_IP": "127.0.0.1"}
+
+
+def lightjob_metrics_fit(steps: int) -> float:
+    """lightjob with its Prometheus endpoint on (as under the operator), scraped every
+    second meanwhile: far more often than Prometheus or the operator would."""
+    import socket
+    import threading
+    import urllib.request
+
+    if "LIGHTJOB_METRICS_PORT" not in METRICS_ENV:  # one server per process: one port
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            METRICS_ENV.update(LIGHTJOB_METRICS_PORT=str(sock.getsockname()[1]))
+    port = METRICS_ENV["LIGHTJOB_METRICS_PORT"]
+    os.environ.update(METRICS_ENV)
+    done = threading.Event()
+    scrapes = []
+
+    def scrape() -> None:
+        while not done.wait(1.0):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                    scrapes.append(b"lightjob_global_step" in r.read())
+            except OSError:
+                pass  # the server starts with the first fit
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        return lightjob_fit(steps)
+    finally:
+        done.set()
+        scraper.join()
+        os.environ.pop("LIGHTJOB_METRICS_PORT")
+        assert any(scrapes), "the metrics endpoint never answered"
+
+
 def lightning_fit(steps: int) -> float | None:
     try:
         import pytorch_lightning as pl
@@ -151,6 +190,7 @@ def main() -> None:
     ways: dict[str, Any] = {
         "raw loop": raw_loop,
         "lightjob": lightjob_fit,
+        "lightjob + metrics": lightjob_metrics_fit,
         "pytorch-lightning": lightning_fit,
     }
     results: dict[str, list[float]] = {name: [] for name in ways}

@@ -14,6 +14,7 @@ import fsspec
 import kmock
 import kubernetes
 import pytest
+import torch
 import yaml
 
 from lightjob.local.kubelet import ApiKubelet
@@ -37,7 +38,7 @@ async def cluster_with_local_kubelet(
         thread = threading.Thread(target=kubelet.run, name="local-kubelet", daemon=True)
         thread.start()
         cluster = Cluster(api, kubelet=None, url=str(server.url), kubeconfig=kubeconfig)  # type: ignore[arg-type]
-        operator = OperatorRun(cluster, backoff_base=1.0)
+        operator = OperatorRun(cluster, backoff_base=1.0, progress_interval=0.5)
         await operator.start()
         try:
             yield cluster
@@ -53,7 +54,7 @@ async def test_apply_train_preempt_resume_succeed(
     cluster = cluster_with_local_kubelet
     job = yaml.safe_load((ROOT / "examples" / "digits" / "lightningjob.yaml").read_text())
     job["spec"]["env"] = [{"name": "EPOCHS", "value": "25"}]
-    job["spec"]["checkpoint"] = {"uri": s3.uri("e2e"), "everyNSteps": 20}
+    job["spec"]["checkpoint"] = {"uri": s3.uri("e2e"), "everyNSteps": 60, "keep": 5}
     client = kubernetes.config.new_client_from_config(config_file=cluster.kubeconfig)
     custom = kubernetes.client.CustomObjectsApi(client)
     await asyncio.to_thread(
@@ -73,8 +74,35 @@ async def test_apply_train_preempt_resume_succeed(
         fs.invalidate_cache()
         return bool(fs.exists(f"{s3.bucket}/e2e/latest.json"))
 
+    def pointer() -> dict:
+        fs = fsspec.filesystem("s3")
+        fs.invalidate_cache()
+        return json.loads(fs.cat_file(f"{s3.bucket}/e2e/latest.json"))
+
     await cluster.wait(lambda: status().get("phase") == "Running", timeout=60, what="Running")
+    # Progress comes from node 0's metrics endpoint, read by the operator while it trains.
+    first = await cluster.wait(
+        lambda: (status().get("progress") or {}).get("step"), timeout=60, what="progress"
+    )
+    await cluster.wait(
+        lambda: (status().get("progress") or {}).get("step", 0) > first,
+        timeout=60,
+        what="the step to advance",
+    )
+    progress = status()["progress"]
+    assert progress["maxSteps"] == 25 * 23 and progress["loss"] > 0 and progress["eta"]
+    assert "train_loss" in progress["metrics"] and progress["samplesPerSecond"] > 0
+    assert status()["phase"] == "Running"
+    # lastCheckpoint names the object the runtime made durable in S3.
     await cluster.wait(checkpointed, timeout=90, what="a first checkpoint")
+    await cluster.wait(
+        lambda: (status().get("lastCheckpoint") or {}).get("uri") == pointer()["uri"],
+        timeout=60,
+        what="status.lastCheckpoint to match latest.json",
+    )
+    last = status()["lastCheckpoint"]
+    with fsspec.open(last["uri"], "rb") as stored:
+        assert torch.load(stored, weights_only=False)["global_step"] == last["step"]
     pod = cluster.api.get("v1/pods", "default", "digits-node-1")  # evicted, as by the eviction API
     conditions = [
         *(pod.get("status") or {}).get("conditions", []),

@@ -72,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         default=10.0,
         help="first back-off after a failure; doubles per failure",
     )
+    operator.add_argument(
+        "--progress-interval",
+        type=float,
+        default=15.0,
+        help="read a running job's progress from node 0 at most this often (seconds)",
+    )
+    operator.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format"
+    )
     operator.set_defaults(handler=_operator)
 
     args = parser.parse_args(argv)
@@ -145,6 +154,8 @@ def _operator(args: argparse.Namespace) -> int:
             interval=args.interval,
             backoff_base=args.backoff_seconds,
             metrics_port=args.metrics_port,
+            progress_interval=args.progress_interval,
+            log_format=args.log_format,
             kubeconfig=None
             if in_cluster
             else os.path.expanduser(os.environ.get("KUBECONFIG", "~/.kube/config")),

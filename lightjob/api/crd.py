@@ -92,6 +92,13 @@ PRINTER_COLUMNS = [
         "description": "ready/desired",
     },
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+    {
+        "name": "Loss",
+        "type": "number",
+        "jsonPath": ".status.progress.loss",
+        "description": "The logged loss, else the first logged metric",
+    },
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {"name": "Preemptions", "type": "integer", "jsonPath": ".status.preemptions"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -30,6 +30,7 @@ KubeObject = dict[str, Any]
 # logs how much of the grace period each preemption save used, so users can tune it.
 DEFAULT_GRACE_SECONDS = 120
 DEFAULT_RENDEZVOUS_PORT = 29500
+DEFAULT_METRICS_PORT = 9090
 
 
 def _is_plain_int(value: object) -> bool:
@@ -141,6 +142,20 @@ class RendezvousSpec(Model):
     timeout_seconds: int = Field(900, ge=1, description="How long nodes wait for their peers.")
 
 
+class MetricsSpec(Model):
+    """The Prometheus endpoint each training process serves (see docs/operator.md)."""
+
+    enabled: bool = Field(
+        True, description="Serve metrics; the operator reads node 0's for status.progress."
+    )
+    port: int = Field(
+        DEFAULT_METRICS_PORT,
+        ge=1,
+        le=65535,
+        description="Port of local rank 0 (container port `metrics`); local rank i uses port + i.",
+    )
+
+
 class RunPolicy(Model):
     """Restarts, deadlines and cleanup."""
 
@@ -205,6 +220,7 @@ class LightningJobSpec(Model):
         default_factory=RendezvousSpec, description="Rendezvous settings."
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts and deadlines.")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics.")
 
     @model_validator(mode="after")
     def _check_cross_field_rules(self) -> LightningJobSpec:
@@ -337,11 +353,23 @@ class CheckpointRef(BaseModel):
 
 
 class Progress(BaseModel):
+    """Read from node 0's metrics endpoint while training runs, and from its termination
+    message at the end."""
+
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, extra="ignore")
 
     epoch: int | None = Field(None, description="Current epoch.")
     step: int | None = Field(None, description="Global optimizer step.")
+    max_steps: int | None = Field(None, description="Steps the fit will take, when known.")
+    samples_per_second: float | None = Field(None, description="Training throughput, all ranks.")
+    eta: str | None = Field(None, description="Time left at the current step rate (e.g. 1h05m).")
+    loss: float | None = Field(
+        None, description="The logged loss (train_loss, loss, ...), else the first logged metric."
+    )
     metrics: dict[str, float] = Field(default_factory=dict, description="Last logged scalars.")
+    last_seen_time: dt.datetime | None = Field(
+        None, description="When the step was last seen advancing."
+    )
 
 
 Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]

@@ -4,6 +4,7 @@ No I/O, no kopf, no Kubernetes client: the operator and `lightjob run` both appl
 """
 
 from lightjob.controller.build import build_pod, build_service, pod_name, selector
+from lightjob.controller.progress import Sample, parse
 from lightjob.controller.reconcile import (
     Event,
     JobView,
@@ -19,10 +20,12 @@ __all__ = [
     "JobView",
     "Plan",
     "PodView",
+    "Sample",
     "build_pod",
     "build_service",
     "observe_job",
     "observe_pod",
+    "parse",
     "pod_name",
     "reconcile",
     "selector",

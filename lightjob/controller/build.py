@@ -15,6 +15,7 @@ RANK_LABEL = "lightjob.dev/node-rank"
 ATTEMPT_LABEL = "lightjob.dev/attempt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "lightjob"}
 TRAINER = "trainer"  # the container whose state the controller reads
+METRICS_PORT = "metrics"  # the container port of local rank 0's Prometheus endpoint
 
 Manifest = dict[str, Any]
 
@@ -98,6 +99,8 @@ def build_env(
             PET_MASTER_ADDR=master,
             PET_MASTER_PORT=port,
         )
+    if spec.metrics.enabled:
+        env["LIGHTJOB_METRICS_PORT"] = str(spec.metrics.port)
     checkpoint = spec.checkpoint
     if checkpoint.uri:
         env["LIGHTJOB_CHECKPOINT_URI"] = checkpoint.uri
@@ -130,7 +133,12 @@ def build_pod(
         "name": TRAINER,
         "image": spec.image,
         "env": build_env(job, namespace, uid, spec, rank, attempt),
-        "ports": [{"name": "rendezvous", "containerPort": spec.rendezvous.port}],
+        "ports": [{"name": "rendezvous", "containerPort": spec.rendezvous.port}]
+        + (
+            [{"name": METRICS_PORT, "containerPort": spec.metrics.port}]
+            if spec.metrics.enabled
+            else []
+        ),
         # The runtime writes its final metrics there; on an error the log's tail (the
         # traceback) becomes the message, and so reaches the job's status.
         "terminationMessagePath": "/dev/termination-log",

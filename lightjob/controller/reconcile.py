@@ -21,9 +21,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lightjob.api.models import LightningJob, LightningJobSpec, LightningJobStatus, Progress
+from lightjob.api.models import LightningJob, LightningJobSpec, LightningJobStatus
 from lightjob.api.validate import explain
-from lightjob.controller import build
+from lightjob.controller import build, progress
+from lightjob.controller.progress import Sample
 from lightjob.controller.status import set_conditions
 
 TERMINAL = ("Succeeded", "Failed")
@@ -47,6 +48,7 @@ class PodView:
     disrupted: str | None  # why it was disrupted (preempted, evicted, node lost), if it was
     unschedulable: str | None  # the scheduler's message while it cannot be placed
     message: str = ""  # the trainer's termination message (final metrics, or a log tail)
+    metrics_url: str = ""  # rank 0's Prometheus endpoint, once the pod has an IP
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None  # seconds until a time-based decision is due
     delete_job: bool = False  # ttlSecondsAfterFinished has passed
+    reason: str = ""  # why the job stands where it does (the condition's reason), for logs
 
     @property
     def is_empty(self) -> bool:
@@ -140,6 +143,17 @@ def observe_pod(pod: dict[str, Any], job_uid: str) -> PodView | None:
         )
     elif status.get("reason") in DISRUPTION_REASONS:
         disrupted = f"{status['reason']}: {status.get('message') or ''}".rstrip(": ")
+    ip = status.get("podIP")
+    metrics_port = next(
+        (
+            port.get("containerPort")
+            for container in (pod.get("spec") or {}).get("containers") or []
+            if container.get("name") == build.TRAINER
+            for port in container.get("ports") or []
+            if port.get("name") == build.METRICS_PORT
+        ),
+        None,
+    )
     scheduled = conditions.get("PodScheduled")
     unschedulable = None
     if (
@@ -160,6 +174,7 @@ def observe_pod(pod: dict[str, Any], job_uid: str) -> PodView | None:
         disrupted=disrupted,
         unschedulable=unschedulable,
         message=(terminated or {}).get("message") or "",
+        metrics_url=f"http://{ip}:{metrics_port}/metrics" if ip and metrics_port else "",
     )
 
 
@@ -181,8 +196,10 @@ def reconcile(
     now: dt.datetime,
     *,
     backoff_base: float = 10.0,
+    sample: Sample | None = None,
 ) -> Plan:
-    plan = _decide(job, pods, service_exists, now, backoff_base)
+    """The plan for one job. `sample` is node 0's metrics, when the caller read them."""
+    plan = _decide(job, pods, service_exists, now, backoff_base, sample)
     # A pod name still taken (say by an old attempt's pod that is shutting down) is never
     # created twice: the pod is created by a later reconcile, once the name is free.
     taken = {p.name for p in pods}
@@ -193,7 +210,12 @@ def reconcile(
 
 
 def _decide(
-    job: JobView, pods: list[PodView], service_exists: bool, now: dt.datetime, backoff_base: float
+    job: JobView,
+    pods: list[PodView],
+    service_exists: bool,
+    now: dt.datetime,
+    backoff_base: float,
+    sample: Sample | None,
 ) -> Plan:
     plan = Plan()
     if job.deleting:
@@ -270,7 +292,7 @@ def _decide(
 
     outcome = _classify(current, status.replicas, status.phase, added)
     if outcome.kind == "succeeded":
-        _final_progress(status, next((p for p in current if p.rank == 0), None))
+        _final_progress(status, next((p for p in current if p.rank == 0), None), now)
         _finish(status, plan, now, "Succeeded", "Succeeded", "node 0's trainer exited 0")
         _clean_up(spec, current, plan)
         return _complete(job, status, plan, now, reason="Succeeded")
@@ -278,6 +300,8 @@ def _decide(
         return _preempted(job, spec, status, pods, current, plan, now, outcome)
     if outcome.kind == "failed":
         return _failed(job, spec, status, pods, current, plan, now, outcome, backoff_base)
+    if sample is not None and status.phase == "Running":
+        progress.update(status, sample, now)
     return _active(job, spec, status, current, plan, now)
 
 
@@ -365,18 +389,33 @@ def _last_line(message: str) -> str:
     return f": {lines[-1][:200]}" if lines else ""
 
 
-def _final_progress(status: LightningJobStatus, node0: PodView | None) -> None:
-    """Node 0's termination message holds the final step and metrics (JSON)."""
+def _final_progress(status: LightningJobStatus, node0: PodView | None, now: dt.datetime) -> None:
+    """Node 0's termination message holds the final step, metrics and checkpoint (JSON)."""
     if node0 is None or not node0.message.startswith("{"):
         return
     try:
         final = json.loads(node0.message)
         metrics = {k: float(v) for k, v in (final.get("metrics") or {}).items()}
-        status.progress = Progress(
-            epoch=final.get("epoch"), step=final.get("step"), metrics=metrics
+        checkpoint = final.get("checkpoint") or {}
+        when = checkpoint.get("time")
+        sample = Sample(
+            step=int(final["step"]),
+            epoch=final.get("epoch"),
+            max_steps=int(final["step"]),
+            metrics=metrics,
+            checkpoint_uri=checkpoint.get("uri", ""),
+            checkpoint_step=checkpoint.get("step"),
+            checkpoint_time=_unix(when) if when else None,
         )
-    except (ValueError, TypeError, AttributeError):
-        pass
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return
+    progress.update(status, sample, now)
+    if status.progress is not None:
+        status.progress.eta = None
+
+
+def _unix(rfc3339: str) -> float:
+    return dt.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 def _progress(status: LightningJobStatus) -> str:
@@ -618,6 +657,7 @@ def _complete(
     spec = job.spec
     desired = spec.num_nodes if spec is not None else status.replicas
     status.nodes = f"{status.ready_nodes}/{desired}"
+    plan.reason = reason or status.phase
     set_conditions(status, reason or status.phase, now, job.generation)
     if spec is not None and plan.requeue_after is None:
         plan.requeue_after = _next_due(spec, status, now)

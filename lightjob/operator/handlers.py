@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,16 @@ from typing import Any, cast
 import kopf
 
 from lightjob.api.models import GROUP, PLURAL, VERSION
-from lightjob.controller import Plan, observe_job, observe_pod, reconcile
+from lightjob.controller import (
+    JobView,
+    Plan,
+    PodView,
+    Sample,
+    observe_job,
+    observe_pod,
+    parse,
+    reconcile,
+)
 from lightjob.controller.build import JOB_LABEL
 from lightjob.operator import metrics
 from lightjob.operator.kube import KubeClient
@@ -36,11 +46,25 @@ class OperatorConfig:
     interval: float = 10.0  # seconds between timer-driven reconciles of each job
     backoff_base: float = 10.0  # first back-off after a failure (doubles per failure)
     metrics_port: int | None = 8080
+    progress_interval: float = 15.0  # at most one read of a job's progress per this many s
+    log_format: str = "text"  # or "json": one object per line
     kubeconfig: str | None = None  # None: in-cluster config, else KUBECONFIG
     finalizer: str = "lightjob.dev/kopf-finalizer"
 
 
 SERVICE_TTL_SECONDS = 30.0
+SCRAPE_TIMEOUT_SECONDS = 2.0
+
+
+def read_progress(url: str) -> Sample | None:
+    """Node 0's metrics; None when it cannot be reached yet (not an error: status keeps
+    the last progress seen, and when it was seen)."""
+    try:
+        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_SECONDS) as response:
+            return parse(response.read().decode("utf-8", "replace"))
+    except (OSError, ValueError) as err:
+        log.debug("progress of %s not readable: %s", url, err)
+        return None
 
 
 @dataclass(slots=True)
@@ -53,6 +77,7 @@ class Reconciler:
 
     client: KubeClient
     backoff_base: float
+    progress_interval: float = 15.0
     _locks: defaultdict[str, threading.Lock] = field(
         default_factory=lambda: defaultdict(threading.Lock)
     )
@@ -61,6 +86,7 @@ class Reconciler:
     # When each job's Service was last seen: it rarely goes away, so it is looked up
     # again only every SERVICE_TTL_SECONDS rather than on every reconcile.
     _services: dict[str, float] = field(default_factory=dict)
+    _scraped: dict[str, float] = field(default_factory=dict)  # job -> when progress was read
 
     def __call__(self, namespace: str, name: str) -> Plan | None:
         key = f"{namespace}/{name}"
@@ -80,13 +106,15 @@ class Reconciler:
         if body is None:
             metrics.observe_phase(key, None)
             self._services.pop(key, None)
+            self._scraped.pop(key, None)
             return None
         job = observe_job(body)
         listed = self.client.list_pods(namespace, name)
         pods = [v for v in (observe_pod(p, job.uid) for p in listed) if v]
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         has_service = self._service_exists(namespace, name, key)
-        plan = reconcile(job, pods, has_service, now, backoff_base=self.backoff_base)
+        sample = self._sample(key, job, pods)
+        plan = reconcile(job, pods, has_service, now, backoff_base=self.backoff_base, sample=sample)
         self.client.apply(namespace, name, plan, job.raw_status)
         for event in plan.events:
             kopf.event(cast(Any, body), type=event.type, reason=event.reason, message=event.message)
@@ -94,17 +122,38 @@ class Reconciler:
         current = plan.status or job.raw_status
         metrics.observe_phase(key, None if plan.delete_job else current.get("phase"))
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
-        if not plan.is_empty:
+        if plan.create or plan.delete or plan.events or plan.delete_job:
+            # One line per decision; a status-only write (progress) is not one.
+            fields = {
+                "job": key,
+                "attempt": current.get("attempt"),
+                "phase": current.get("phase"),
+                "reason": plan.reason,
+                "created": len(plan.create),
+                "deleted": len(plan.delete),
+                "events": ",".join(e.reason for e in plan.events) or "-",
+            }
             log.info(
-                "reconciled job=%s attempt=%s phase=%s created=%d deleted=%d events=%s",
-                key,
-                current.get("attempt"),
-                current.get("phase"),
-                len(plan.create),
-                len(plan.delete),
-                ",".join(e.reason for e in plan.events) or "-",
+                " ".join(f"{k}=%s" for k in fields), *fields.values(), extra={"decision": fields}
             )
         return plan
+
+    def _sample(self, key: str, job: JobView, pods: list[PodView]) -> Sample | None:
+        """Node 0's progress, read at most once per progress_interval while it runs."""
+        if job.status.phase != "Running":
+            self._scraped.pop(key, None)
+            return None
+        node0 = next(
+            (p for p in pods if p.rank == 0 and p.attempt == job.status.attempt and p.running),
+            None,
+        )
+        last = self._scraped.get(key)
+        if node0 is None or not node0.metrics_url:
+            return None
+        if last is not None and time.monotonic() - last < self.progress_interval:
+            return None
+        self._scraped[key] = time.monotonic()
+        return read_progress(node0.metrics_url)
 
     def _service_exists(self, namespace: str, name: str, key: str) -> bool:
         seen = self._services.get(key)
@@ -154,7 +203,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         # One connection per handler thread, or urllib3 discards and reopens them.
         configuration.connection_pool_maxsize = settings.execution.max_workers or 32
         state["reconcile"] = Reconciler(
-            KubeClient(kubernetes.client.ApiClient(configuration)), config.backoff_base
+            KubeClient(kubernetes.client.ApiClient(configuration)),
+            config.backoff_base,
+            config.progress_interval,
         )
         if config.metrics_port is not None:
             from prometheus_client import start_http_server
@@ -185,7 +236,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
 def run(config: OperatorConfig) -> None:
     """Run the operator until it is stopped (SIGTERM/SIGINT), as `lightjob operator` does."""
-    kopf.configure(verbose=False)
+    kopf.configure(
+        verbose=False,
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+    )
     kopf.run(
         registry=build_registry(config),
         clusterwide=not config.namespaces,

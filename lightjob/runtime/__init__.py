@@ -3,6 +3,7 @@
 import logging as _logging
 import sys as _sys
 
+from lightjob.runtime import telemetry as _telemetry
 from lightjob.runtime.callbacks import (
     Callback,
     EarlyStopping,
@@ -42,7 +43,7 @@ __all__ = [
 _log = _logging.getLogger("lightjob")
 if not _log.handlers:
     _handler = _logging.StreamHandler(_sys.stderr)
-    _handler.setFormatter(_logging.Formatter("%(message)s"))
+    _handler.setFormatter(_telemetry.LogFormatter(_telemetry.log_format()))
     _log.addHandler(_handler)
     _log.setLevel(_logging.INFO)
     _log.propagate = False

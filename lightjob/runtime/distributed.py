@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import logging
 import os
 import signal
 import socket
@@ -33,6 +34,7 @@ from lightjob.runtime import data
 from lightjob.runtime.durable import PREEMPTED_EXIT_CODE
 from lightjob.runtime.errors import MisconfigurationException
 
+log = logging.getLogger("lightjob")
 DEFAULT_TIMEOUT = dt.timedelta(minutes=30)
 
 
@@ -229,10 +231,12 @@ class Launcher:
 
 
 def _report(rank: int, code: int, consequence: str) -> None:
-    print(
-        f"lightjob: local rank {rank} exited with code {code}; {consequence}",
-        file=sys.stderr,
-        flush=True,
+    log.error(
+        "lightjob: local rank %d exited with code %d; %s",
+        rank,
+        code,
+        consequence,
+        extra={"local_rank": rank, "exit_code": code},
     )
 
 

@@ -29,6 +29,7 @@ from lightjob.runtime.checkpoint import (
     CheckpointStore,
     snapshot,
 )
+from lightjob.runtime.telemetry import Telemetry
 
 log = logging.getLogger("lightjob")
 Dump = Callable[[], dict[str, Any]]  # builds the checkpoint dict; a collective under DDP
@@ -125,8 +126,10 @@ class Durability:
         agreement: Agreement,
         is_writer: bool,
         barrier: Callable[[], None],
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
+        self.telemetry = telemetry
         self.every_n_steps = every_n_steps
         self.every_n_seconds = every_n_minutes * 60 if every_n_minutes else None
         self.background = background
@@ -175,19 +178,25 @@ class Durability:
 
     def _write(self, checkpoint: dict[str, Any], step: int, epoch: int) -> None:
         started = time.monotonic()
-        self.last = self.store.save(checkpoint, step, epoch)
+        last = self.last = self.store.save(checkpoint, step, epoch)
+        took = time.monotonic() - started
         log.info(
             "lightjob: checkpoint %s (%.1f MB) durable in %.2fs",
-            self.last.uri,
-            self.last.size / 1e6,
-            time.monotonic() - started,
+            last.uri,
+            last.size / 1e6,
+            took,
+            extra={"uri": last.uri, "step": step, "size": last.size, "seconds": round(took, 3)},
         )
+        if self.telemetry is not None:
+            self.telemetry.checkpoint_saved(last.uri, step, last.size, took)
 
     def save_for_preemption(self, step: int, epoch: int, dump: Dump) -> None:
         started = time.monotonic()
         if self.is_writer:
             log.warning(
-                "lightjob: preempted (SIGTERM); saving a checkpoint at step %d before exiting", step
+                "lightjob: preempted (SIGTERM); saving a checkpoint at step %d before exiting",
+                step,
+                extra={"step": step},
             )
         self.save(step, epoch, dump, background=False)
         if self.is_writer and self.last is not None:
@@ -203,7 +212,10 @@ class Durability:
                 took,
                 left,
                 PREEMPTED_EXIT_CODE,
+                extra={"uri": self.last.uri, "step": step, "seconds": round(took, 3)},
             )
+            if self.telemetry is not None:
+                self.telemetry.preemption_saved(took)
 
     def finish(self, step: int, epoch: int, dump: Dump) -> None:
         """End of fit: settle the exchange in flight, and make the final weights durable."""

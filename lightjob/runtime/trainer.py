@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lightjob.runtime import checkpoint as ckpt_io
-from lightjob.runtime import data, optim
+from lightjob.runtime import data, optim, telemetry
 from lightjob.runtime.callbacks import (
     Callback,
     EarlyStopping,
@@ -43,6 +43,7 @@ from lightjob.runtime.module import LightningDataModule, LightningModule, Lightn
 from lightjob.runtime.precision import Precision, parse_precision
 from lightjob.runtime.results import Results, to_float
 from lightjob.runtime.seed import capture_rng_states, restore_rng_states, worker_init_fn
+from lightjob.runtime.telemetry import Telemetry
 
 log = logging.getLogger("lightjob")
 
@@ -146,6 +147,7 @@ class Trainer:
         checkpoint_every_n_minutes: float | None = None,
         checkpoint_keep: int | None = None,
         background_checkpointing: bool = True,
+        enable_metrics: bool = True,
         **unsupported: Any,
     ) -> None:
         for name in ("profiler", "plugins", "sync_batchnorm", "reload_dataloaders_every_n_epochs"):
@@ -226,6 +228,9 @@ class Trainer:
             disabled=bool(dev_run),
         )
         self._durable: Durability | None = None
+        # Prometheus metrics on LIGHTJOB_METRICS_PORT + local rank (set by the operator).
+        self._enable_metrics = enable_metrics and not dev_run
+        self._telemetry: Telemetry | None = None
         self._last_checkpoint: ckpt_io.CheckpointRef | None = None
         self._agreement: Agreement | None = None
         self.state = _State()
@@ -275,6 +280,7 @@ class Trainer:
             self.val_dataloaders = self._eval_loaders(model, datamodule, "val", val_dataloaders)
             self.optimizers, self.lr_scheduler_configs = optim.configure(model)
             self._wrapped = self.strategy.wrap(model)
+            self._telemetry = self._start_telemetry()
             self._durable = self._start_durability()
             self._restore(ckpt_path, model)
             self._call("on_fit_start")
@@ -368,6 +374,7 @@ class Trainer:
                 self._call("on_train_batch_end", outputs, batch, batch_idx)
                 if self._should_log_this_step(offset=0):
                     self._log_step_metrics()
+                    self._report_progress()
                 validated_last = progress.val_pending
                 if progress.val_pending:
                     self._validate_during_fit(model, end_of_epoch=False)
@@ -742,8 +749,9 @@ class Trainer:
             path = default
         metrics = {k: to_float(v) for k, v in self.callback_metrics.items()}
         message = {"step": self.global_step, "epoch": self.current_epoch, "metrics": metrics}
-        if self.last_checkpoint is not None:
-            message["checkpoint"] = self.last_checkpoint.uri
+        last = self.last_checkpoint
+        if last is not None:
+            message["checkpoint"] = {"uri": last.uri, "step": last.step, "time": last.time}
         try:
             with open(path, "w") as out:
                 json.dump(message, out)
@@ -773,6 +781,7 @@ class Trainer:
         preemption.install()
         return Durability(
             store,
+            telemetry=self._telemetry,
             every_n_steps=config.every_n_steps,
             every_n_minutes=config.every_n_minutes,
             background=config.background,
@@ -781,6 +790,22 @@ class Trainer:
             is_writer=self.is_global_zero,
             barrier=lambda: self.strategy.barrier("checkpoint"),
         )
+
+    def _start_telemetry(self) -> Telemetry | None:
+        if not self._enable_metrics:
+            return None
+        metrics = Telemetry(self.strategy.root_device)
+        return metrics if telemetry.serve(metrics, self.local_rank) is not None else None
+
+    def _report_progress(self) -> None:
+        """At the logging cadence only: a few assignments, no device synchronisation."""
+        if self._telemetry is not None:
+            self._telemetry.progress(
+                self.progress.global_step,
+                self.progress.epoch,
+                self._batches_seen * self._samples_per_batch(),
+                self.estimated_stepping_batches,
+            )
 
     @property
     def last_checkpoint(self) -> ckpt_io.CheckpointRef | None:
@@ -795,6 +820,9 @@ class Trainer:
             )
         self.strategy.setup_environment()
         rank_zero_only.rank = self.strategy.global_rank  # type: ignore[attr-defined]
+        telemetry.context.update(
+            rank=self.global_rank, node=self.node_rank, world_size=self.world_size
+        )
 
     def _build_strategy(self, strategy: Any, num_nodes: int | None) -> Any:
         self._num_nodes = num_nodes or 1
@@ -1087,6 +1115,8 @@ class Trainer:
                 entry.step_value = self.strategy.reduce(torch.as_tensor(entry.step_value), "mean")
             if entry.logger:
                 values[key] = to_float(entry.step_value)
+        if self._telemetry is not None:
+            self._telemetry.scalars(values)
         if values and self.is_global_zero:
             values["epoch"] = float(self.progress.epoch)
             self._logged_metrics.update(values)
@@ -1106,6 +1136,8 @@ class Trainer:
             self._callback_metrics[key] = value
             if entry.logger:
                 out[key] = to_float(value)
+        if log and self._telemetry is not None:
+            self._telemetry.scalars(out)
         if log and out and self.is_global_zero:
             out["epoch"] = float(self.progress.epoch)
             self._logged_metrics.update(out)

@@ -1,7 +1,8 @@
 """A training script the DDP tests start as real processes (python FILE, python -m, torchrun).
 
     python -m tests.integration.ddp_script OUT_DIR [--devices N] [--num-nodes N]
-        [--steps N] [--batch-size B] [--fail-rank R] [--shuffle]
+        [--steps N] [--batch-size B] [--fail-rank R] [--shuffle] [--step-sleep S]
+        [--log-every N]
 
 Every rank writes OUT_DIR/rank<global rank>.pt with its final weights and what it saw.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Any
 
 import torch
@@ -27,11 +29,12 @@ def data(n: int = 256) -> TensorDataset:
 
 
 class Model(L.LightningModule):
-    def __init__(self, fail_rank: int = -1) -> None:
+    def __init__(self, fail_rank: int = -1, step_sleep: float = 0.0) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.layer = nn.Linear(8, 2)
         self.fail_rank = fail_rank
+        self.step_sleep = step_sleep
         self.seen: list[int] = []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -39,6 +42,7 @@ class Model(L.LightningModule):
         if self.global_rank == self.fail_rank and batch_idx == 2:
             raise RuntimeError(f"rank {self.global_rank} fails on purpose")
         self.seen.extend(x[:, 0].tolist())
+        time.sleep(self.step_sleep)  # slow enough to watch from outside
         loss = nn.functional.cross_entropy(self.layer(x), y)
         self.log("train_loss", loss)
         return loss
@@ -66,9 +70,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--shuffle", action="store_true")
+    parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--log-every", type=int, default=None)
     args = parser.parse_args()
 
-    model = Model(args.fail_rank)
+    model = Model(args.fail_rank, args.step_sleep)
     train = DataLoader(data(), batch_size=args.batch_size, shuffle=args.shuffle)
     val = DataLoader(data(n=40), batch_size=8)
     trainer = L.Trainer(
@@ -80,6 +86,7 @@ def main() -> None:
         default_root_dir=args.out,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=args.log_every,
     )
     trainer.fit(model, train, val)
     os.makedirs(args.out, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,8 +13,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+from lightjob.controller import build
+from lightjob.operator import metrics as operator_metrics
 from lightjob.operator import rbac
+from lightjob.runtime import telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "lightjob"
@@ -59,6 +64,11 @@ VARIANTS = {
     "defaults": (),
     "namespace list": ("watch.namespaces={team-a,team-b}",),
     "service monitor": ("metrics.serviceMonitor.enabled=true",),
+    "monitoring": (
+        "metrics.podMonitor.enabled=true",
+        "metrics.grafanaDashboard.enabled=true",
+        "watch.namespaces={team-a}",
+    ),
     "no peering": ("peering.enabled=false", "replicaCount=1"),
 }
 
@@ -78,6 +88,11 @@ def test_every_rendered_manifest_is_valid(variant: str) -> None:
             jsonschema.Draft4Validator(schemas[doc["kind"]]).validate(doc)
         elif doc["kind"] == "ServiceMonitor":
             assert doc["spec"]["endpoints"][0]["port"] == "metrics"  # a Prometheus Operator CRD
+        elif doc["kind"] == "PodMonitor":
+            assert doc["spec"]["podMetricsEndpoints"][0]["port"] == build.METRICS_PORT
+            assert doc["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+            labels = doc["spec"]["selector"]["matchLabels"]
+            assert labels.items() <= build.MANAGED_BY.items()
         else:
             kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
@@ -129,6 +144,8 @@ def test_the_operator_runs_restricted_with_leader_election() -> None:
         "--metrics-port=8080",
         "--interval=10",
         "--backoff-seconds=10",
+        "--progress-interval=15",
+        "--log-format=text",
     ]
     assert (
         next(d for d in docs if d["kind"] == "ClusterKopfPeering")["metadata"]["name"] == "lightjob"
@@ -166,6 +183,7 @@ def test_the_chart_carries_the_generated_crd_and_documents_every_value() -> None
             isinstance(node, dict)
             and node
             and prefix not in ("resources", "podSecurityContext", "securityContext")
+            and not prefix.endswith("labels")  # a map of labels is one value
         ):
             return [
                 k
@@ -200,3 +218,29 @@ def test_the_kind_script_passes_shellcheck() -> None:
         [shellcheck, str(ROOT / "e2e" / "kind" / "run.sh")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_the_dashboard_queries_only_metrics_that_exist() -> None:
+    docs = render("metrics.grafanaDashboard.enabled=true")
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    dashboard = json.loads(config_map["data"]["lightjob.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "lightjob.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    # Metric names, leaving out label matchers and grouping labels (lightjob_job is a label).
+    bare = [re.sub(r"\{[^}]*\}|by \([^)]*\)", "", e) for e in exprs]
+    used = {m for e in bare for m in re.findall(r"\blightjob_[a-z_]+", e)}
+    served = {f"lightjob_{name}" for name in telemetry.GAUGES} | {
+        "lightjob_logged_metric",
+        "lightjob_checkpoint_last_info",
+    }
+    operator = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for collector in vars(operator_metrics).values()
+        if isinstance(collector, MetricWrapperBase)
+        for family in collector.describe()
+    }
+    unknown = used - served - operator
+    assert not unknown, unknown
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("phase", "restarts", "preemptions", "step rate", "loss", "checkpoint age"):
+        assert topic in titles

@@ -3,10 +3,13 @@ operator's env, torchrun, a plain Lightning script, and the failure paths."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from lightjob.controller import Sample, parse
 from lightjob.runtime.distributed import find_free_port
 from tests.integration.ddp_script import data
 
@@ -267,3 +271,67 @@ def test_env_that_contradicts_the_trainer_is_an_error_not_a_hang(
     )
     output = finish(proc, timeout=60)
     assert proc.returncode != 0 and fragment in output, output[-2000:]
+
+
+def free_port_pair() -> int:
+    """A port p with p + 1 free too (local ranks 0 and 1 serve metrics on p and p + 1)."""
+    for _ in range(50):
+        port = find_free_port()
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no two consecutive free ports")
+
+
+def scrape(port: int) -> Sample | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            return parse(response.read().decode())
+    except OSError:
+        return None
+
+
+def test_each_process_serves_its_progress_and_logs_json(tmp_path: Path) -> None:
+    port = free_port_pair()
+    env = base_env(
+        LIGHTJOB_METRICS_PORT=str(port),
+        LIGHTJOB_POD_IP="127.0.0.1",
+        LIGHTJOB_LOG_FORMAT="json",
+        LIGHTJOB_CHECKPOINT_URI=str(tmp_path / "ckpt"),
+        LIGHTJOB_CHECKPOINT_EVERY_N_STEPS="40",
+    )
+    args = ["--devices", "2", "--steps", "240", "--step-sleep", "0.02", "--log-every", "4"]
+    proc = start([sys.executable, "-m", "tests.integration.ddp_script", str(tmp_path), *args], env)
+    seen: list[Sample] = []
+    other: list[Sample] = []
+    try:
+        while proc.poll() is None:
+            for target, where in ((seen, port), (other, port + 1)):
+                sample = scrape(where)
+                if sample is not None and sample.step is not None:
+                    target.append(sample)
+            time.sleep(0.2)
+    finally:
+        output = finish(proc)
+    assert proc.returncode == 0, output[-3000:]
+    steps = [s.step for s in seen]
+    assert len(set(steps)) >= 3, steps  # the step advanced while we watched
+    assert steps == sorted(steps)
+    assert all(s.step % 4 == 0 for s in seen), steps  # updated only at log_every_n_steps
+    assert all(s.max_steps == 240 for s in seen)
+    assert "train_loss" in seen[-1].metrics and 0 < seen[-1].metrics["train_loss"] < 10
+    moving = [s for s in seen if s.samples_per_second]
+    assert moving and all(s.samples_per_second > 0 for s in moving)
+    saved = [s for s in seen if s.checkpoint_uri]
+    assert saved and saved[-1].checkpoint_step % 40 == 0
+    assert saved[-1].checkpoint_uri.startswith(str(tmp_path / "ckpt"))
+    assert Path(saved[-1].checkpoint_uri).exists()
+    assert len({s.step for s in other}) >= 2  # local rank 1 serves on port + 1
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    saves = [r for r in records if "durable in" in r["message"] and r.get("uri")]
+    assert saves, output[-3000:]
+    assert saves[0]["rank"] == 0 and saves[0]["node"] == 0 and saves[0]["world_size"] == 2
+    assert saves[0]["level"] == "info" and saves[0]["step"] % 40 == 0

@@ -288,7 +288,7 @@ def test_crd_schema_is_structural() -> None:
     assert "status" in version["subresources"]
     assert crd["spec"]["names"]["shortNames"] == ["lj"]
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Nodes", "Step", "Restarts", "Preemptions", "Age"]
+    assert columns == ["Phase", "Nodes", "Step", "Loss", "ETA", "Restarts", "Preemptions", "Age"]
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

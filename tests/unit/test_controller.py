@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
-from lightjob.controller import Plan, observe_job, observe_pod, reconcile
+from lightjob.controller import Plan, observe_job, observe_pod, parse, reconcile
 from lightjob.controller.build import ATTEMPT_LABEL, JOB_LABEL, RANK_LABEL
+from lightjob.controller.progress import duration, headline
+from lightjob.runtime.telemetry import Telemetry
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.timezone.utc)
 UID = "uid-1234"
@@ -505,9 +510,105 @@ def test_quantities_become_strings_and_termination_messages_reach_status() -> No
     )
 
     done = pod(0, state="terminated", exit_code=0)
+    checkpoint = {"uri": "s3://b/run/step-690.ckpt", "step": 690, "time": "2026-11-27T11:59:00Z"}
     done["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = json.dumps(
-        {"step": 690, "epoch": 30, "metrics": {"val_acc": 0.975}}
+        {"step": 690, "epoch": 30, "metrics": {"val_acc": 0.975}, "checkpoint": checkpoint}
     )
     plan = plan_for(job_body(running()), [done, pod(1)])
-    assert plan.status is not None
-    assert plan.status["progress"] == {"epoch": 30, "step": 690, "metrics": {"val_acc": 0.975}}
+    assert plan.status is not None and plan.status["phase"] == "Succeeded"
+    assert plan.status["progress"] == {
+        "epoch": 30,
+        "step": 690,
+        "maxSteps": 690,
+        "loss": 0.975,
+        "metrics": {"val_acc": 0.975},
+        "lastSeenTime": "2026-11-27T12:00:00Z",
+    }
+    assert plan.status["lastCheckpoint"] == checkpoint
+
+
+def metrics_text(step: int, loss: float, checkpoint_step: int | None = None) -> str:
+    """What the runtime serves (its real collector), at `step`."""
+    telemetry = Telemetry()
+    telemetry.progress(step - 10, 0, (step - 10) * 64, max_steps=1000)
+    telemetry._last = (telemetry._last[0] - 2.0, *telemetry._last[1:])  # 10 steps in 2 s
+    telemetry.progress(step, 1, step * 64, max_steps=1000)
+    telemetry.scalars({"train_loss": torch.tensor(loss), "val_acc": 0.5, "lr-SGD": 0.1})
+    if checkpoint_step is not None:
+        telemetry.checkpoint_saved(
+            f"s3://b/run/step-{checkpoint_step}.ckpt", checkpoint_step, 9, 1.0
+        )
+    registry = CollectorRegistry()
+    registry.register(telemetry)
+    return generate_latest(registry).decode()
+
+
+def with_endpoint(body: dict[str, Any], ip: str = "10.0.0.5") -> dict[str, Any]:
+    body["spec"] = {
+        "containers": [{"name": "trainer", "ports": [{"name": "metrics", "containerPort": 9090}]}]
+    }
+    body["status"]["podIP"] = ip
+    return body
+
+
+def test_node_zero_metrics_become_progress_and_the_last_checkpoint() -> None:
+    node0 = observe_pod(with_endpoint(pod(0)), UID)
+    assert node0 is not None and node0.metrics_url == "http://10.0.0.5:9090/metrics"
+    assert observe_pod(pod(0), UID).metrics_url == ""  # type: ignore[union-attr]
+
+    sample = parse(metrics_text(step=200, loss=0.4321, checkpoint_step=150))
+    assert (sample.step, sample.epoch, sample.max_steps) == (200, 1, 1000)
+    assert sample.steps_per_second == pytest.approx(5.0, rel=0.05)
+    body = job_body(running(readyNodes=2, nodes="2/2"))
+    views = [v for v in (observe_pod(p, UID) for p in (pod(0), pod(1))) if v]
+    plan = reconcile(observe_job(body), views, True, NOW, sample=sample)
+    assert plan.status is not None and not plan.create and not plan.delete
+    progress = plan.status["progress"]
+    assert progress["step"] == 200 and progress["maxSteps"] == 1000
+    assert progress["loss"] == 0.4321 and progress["metrics"]["val_acc"] == 0.5
+    assert progress["eta"] == "2m"  # 800 steps at 5 steps/s
+    assert progress["samplesPerSecond"] == pytest.approx(320, rel=0.05)
+    assert progress["lastSeenTime"] == "2026-11-27T12:00:00Z"
+    assert plan.status["lastCheckpoint"]["uri"] == "s3://b/run/step-150.ckpt"
+    assert plan.status["lastCheckpoint"]["step"] == 150
+
+    # The same numbers again: nothing to write. No numbers (unreachable): nothing either.
+    later = NOW + dt.timedelta(seconds=30)
+    body["status"] = plan.status
+    assert reconcile(observe_job(body), views, True, later, sample=sample).status is None
+    assert reconcile(observe_job(body), views, True, later, sample=None).status is None
+    # A stalled step keeps lastSeenTime, so status says when training last moved.
+    stalled = dataclasses.replace(sample, samples_per_second=100.0)
+    status = reconcile(observe_job(body), views, True, later, sample=stalled).status
+    assert status is not None and status["progress"]["lastSeenTime"] == "2026-11-27T12:00:00Z"
+    # Progress is read only while the gang runs.
+    pending = job_body({**running(), "phase": "Pending"})
+    status = reconcile(observe_job(pending), views[:1], True, NOW, sample=sample).status
+    assert status is None or "progress" not in status
+
+
+def test_the_loss_column_prefers_a_loss_and_etas_read_like_ages() -> None:
+    assert headline({"acc": 0.9, "val_loss": 0.3}) == 0.3  # loss-like names come first
+    assert headline({"train_loss": 0.2, "loss": 0.1}) == 0.2
+    assert headline({"acc": 0.9}) == 0.9
+    assert headline({}) is None
+    assert [duration(s) for s in (5, 125, 3 * 3600 + 20 * 60, 2 * 86400 + 4 * 3600)] == [
+        "5s",
+        "2m",
+        "3h20m",
+        "2d4h",
+    ]
+    text = 'lightjob_logged_metric{name="a\\"b"} 1.0\nlightjob_global_step NaN\n# HELP x\n'
+    sample = parse(text)
+    assert sample.metrics == {'a"b': 1.0} and sample.step is None
+
+
+def test_pods_serve_metrics_on_the_spec_port_unless_disabled() -> None:
+    pod0 = next(m for m in plan_for(job_body(), []).create if m["kind"] == "Pod")
+    container = pod0["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 9090} in container["ports"]
+    assert env_of(pod0)["LIGHTJOB_METRICS_PORT"] == "9090"
+    off = job_body(metrics={"enabled": False})
+    pod0 = next(m for m in plan_for(off, []).create if m["kind"] == "Pod")
+    assert "LIGHTJOB_METRICS_PORT" not in env_of(pod0)
+    assert [p["name"] for p in pod0["spec"]["containers"][0]["ports"]] == ["rendezvous"]
