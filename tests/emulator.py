@@ -16,7 +16,7 @@ for kopf, the kubernetes client and the operator:
   resourceVersion, and timeoutSeconds;
 - finalizers, deletionTimestamp, graceful pod deletion (the kubelet stand-in finishes
   it), and owner-reference garbage collection;
-- namespaces, events, and kopf's peering resources.
+- namespaces, events, kopf's peering resources, and both kinds of PodGroup.
 """
 
 from __future__ import annotations
@@ -59,6 +59,18 @@ RESOURCES: dict[tuple[str, str, str], dict[str, Any]] = {
         "namespaced": True,
         "status": True,
         "scale": True,
+    },
+    # Gang scheduling: scheduler-plugins' and Volcano's PodGroups (their CRDs' status
+    # subresources included).
+    ("scheduling.x-k8s.io", "v1alpha1", "podgroups"): {
+        "kind": "PodGroup",
+        "namespaced": True,
+        "status": True,
+    },
+    ("scheduling.volcano.sh", "v1beta1", "podgroups"): {
+        "kind": "PodGroup",
+        "namespaced": True,
+        "status": True,
     },
     # As the chart's CRDs (charts/lightjob/crds/kopf-peering.yaml): no status subresource.
     ("kopf.dev", "v1", "clusterkopfpeerings"): {

@@ -10,6 +10,7 @@ drift from the upstream schema.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -31,6 +32,8 @@ KubeObject = dict[str, Any]
 DEFAULT_GRACE_SECONDS = 120
 DEFAULT_RENDEZVOUS_PORT = 29500
 DEFAULT_METRICS_PORT = 9090
+# The 64 MB a container gets by default makes DataLoader workers die with "Bus error".
+DEFAULT_SHM_SIZE = "8Gi"
 
 
 def _is_plain_int(value: object) -> bool:
@@ -46,12 +49,18 @@ def _int_or_auto(value: object) -> object:
     raise ValueError(DEVICES_PER_NODE_MESSAGE)
 
 
+# A Kubernetes quantity's text form: a number, then a binary or decimal suffix or exponent.
+QUANTITY_PATTERN = (
+    r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+)
+QUANTITY_MESSAGE = "must be a Kubernetes quantity such as 4, '500m' or '16Gi'"
+
+
 def _quantity(value: object) -> object:
-    # Kubernetes quantities are int-or-string ("4", 4, "16Gi", "500m"); the API server
-    # parses them, we only reject what it would never accept.
-    if _is_plain_int(value) or (isinstance(value, str) and value.strip()):
+    # Kubernetes quantities are int-or-string ("4", 4, "16Gi", "500m").
+    if _is_plain_int(value) or (isinstance(value, str) and re.match(QUANTITY_PATTERN, value)):
         return value
-    raise ValueError("must be a Kubernetes quantity such as 4, '500m' or '16Gi'")
+    raise ValueError(QUANTITY_MESSAGE)
 
 
 DevicesPerNode = Annotated[int | Literal["auto"], BeforeValidator(_int_or_auto)]
@@ -142,6 +151,76 @@ class RendezvousSpec(Model):
     timeout_seconds: int = Field(900, ge=1, description="How long nodes wait for their peers.")
 
 
+class NcclSpec(Model):
+    """Common NCCL settings, as env on every pod (the user's own env still wins), and the
+    pod network for clusters whose fast interconnect is only on the host network."""
+
+    debug: Literal["VERSION", "WARN", "INFO", "TRACE"] | None = Field(
+        None, description="NCCL_DEBUG."
+    )
+    socket_ifname: str | None = Field(
+        None, min_length=1, description="NCCL_SOCKET_IFNAME, e.g. eth0 or ^lo,docker."
+    )
+    ib_disable: bool | None = Field(None, description="NCCL_IB_DISABLE (true: no InfiniBand).")
+    ib_hca: str | None = Field(None, min_length=1, description="NCCL_IB_HCA, e.g. mlx5_0,mlx5_1.")
+    host_network: bool = Field(
+        False,
+        description="Run pods on the host network (dnsPolicy ClusterFirstWithHostNet, so the "
+        "rendezvous name still resolves). Ports must then be free on each host.",
+    )
+
+
+class PlacementSpec(Model):
+    """Where the job's pods go, merged into the pod's affinity (the user's terms are kept)."""
+
+    prefer_distinct_hosts: bool = Field(
+        True,
+        description="Soft anti-affinity on kubernetes.io/hostname: prefer one pod per host.",
+    )
+    exclusive_topology: str | None = Field(
+        None,
+        min_length=1,
+        description="A topology key (e.g. kubernetes.io/hostname): no two pods of the job "
+        "share a domain of it (required anti-affinity).",
+    )
+    colocate_topology: str | None = Field(
+        None,
+        min_length=1,
+        description="A topology key (e.g. topology.kubernetes.io/zone, or a rack label): all "
+        "pods of the job in one domain of it (required affinity).",
+    )
+
+
+class SchedulingSpec(Model):
+    """Gang scheduling: all of a job's pods are placed together or not at all."""
+
+    gang: bool = Field(False, description="Create a PodGroup with minMember = numNodes.")
+    provider: Literal["coscheduling", "volcano"] | None = Field(
+        None,
+        description="coscheduling (scheduler-plugins, scheduling.x-k8s.io) or volcano; "
+        "default: volcano when schedulerName is volcano, else coscheduling.",
+    )
+    scheduler_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Pod schedulerName; default with gang: scheduler-plugins-scheduler "
+        "(coscheduling) or volcano.",
+    )
+    queue: str | None = Field(None, min_length=1, description="Volcano queue of the PodGroup.")
+    priority_class_name: str | None = Field(
+        None, min_length=1, description="Priority class of the pods (and Volcano PodGroup)."
+    )
+    schedule_timeout_seconds: int | None = Field(
+        None, ge=1, description="How long the scheduler waits for the whole gang (coscheduling)."
+    )
+
+    @property
+    def gang_provider(self) -> str:
+        if self.provider is not None:
+            return self.provider
+        return "volcano" if self.scheduler_name == "volcano" else "coscheduling"
+
+
 class MetricsSpec(Model):
     """The Prometheus endpoint each training process serves (see docs/operator.md)."""
 
@@ -221,6 +300,17 @@ class LightningJobSpec(Model):
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts and deadlines.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics.")
+    shared_memory_size: Quantity = Field(
+        DEFAULT_SHM_SIZE,
+        description="Size of the memory-backed /dev/shm of each pod (DataLoader workers pass "
+        "batches through it); it counts against the pod's memory. A volumeMount of your own "
+        "at /dev/shm replaces it.",
+    )
+    nccl: NcclSpec = Field(default_factory=NcclSpec, description="NCCL settings.")
+    placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Pod placement.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Gang scheduling."
+    )
 
     @model_validator(mode="after")
     def _check_cross_field_rules(self) -> LightningJobSpec:
@@ -306,6 +396,10 @@ FIELD_RULES = {
     "devicesPerNode": (
         "type(self) == string ? self == 'auto' : self >= 1",
         DEVICES_PER_NODE_MESSAGE,
+    ),
+    "sharedMemorySize": (
+        f"type(self) == int ? self >= 0 : self.matches('{QUANTITY_PATTERN}')",
+        f"spec.sharedMemorySize {QUANTITY_MESSAGE}",
     ),
 }
 

@@ -6,6 +6,7 @@ the same plan twice, or after an operator restart, creates nothing twice.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from lightjob.api.models import API_VERSION, KIND, LightningJobSpec
@@ -16,6 +17,19 @@ ATTEMPT_LABEL = "lightjob.dev/attempt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "lightjob"}
 TRAINER = "trainer"  # the container whose state the controller reads
 METRICS_PORT = "metrics"  # the container port of local rank 0's Prometheus endpoint
+GPU = "nvidia.com/gpu"
+# What GPU node pools are usually tainted with (GKE, EKS and AKS GPU pools, the GPU operator).
+GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+HOSTNAME = "kubernetes.io/hostname"
+SHM_VOLUME = "lightjob-shm"
+# Gang scheduling: each provider's PodGroup API, default scheduler, and how pods join a group.
+PODGROUP_API = {
+    "coscheduling": "scheduling.x-k8s.io/v1alpha1",
+    "volcano": "scheduling.volcano.sh/v1beta1",
+}
+DEFAULT_SCHEDULER = {"coscheduling": "scheduler-plugins-scheduler", "volcano": "volcano"}
+COSCHEDULING_LABEL = "scheduling.x-k8s.io/pod-group"
+VOLCANO_ANNOTATION = "scheduling.k8s.io/group-name"
 
 Manifest = dict[str, Any]
 
@@ -109,6 +123,7 @@ def build_env(
             env["LIGHTJOB_CHECKPOINT_EVERY_N_STEPS"] = str(checkpoint.every_n_steps)
         if checkpoint.every_n_minutes:
             env["LIGHTJOB_CHECKPOINT_EVERY_N_MINUTES"] = str(checkpoint.every_n_minutes)
+    env.update(nccl_env(spec))
     # The user's env comes last and wins: NCCL settings and overrides always pass through.
     user = [e.model_dump(by_alias=True, exclude_none=True) for e in spec.env]
     names = {e["name"] for e in user}
@@ -129,20 +144,20 @@ def build_pod(
 ) -> Manifest:
     name = pod_name(job, rank)
     template = spec.pod_template
+    volumes, mounts = shared_memory(spec)
+    ports = [{"name": "rendezvous", "containerPort": spec.rendezvous.port}]
+    if spec.metrics.enabled:
+        ports.append({"name": METRICS_PORT, "containerPort": spec.metrics.port})
     container: dict[str, Any] = {
         "name": TRAINER,
         "image": spec.image,
         "env": build_env(job, namespace, uid, spec, rank, attempt),
-        "ports": [{"name": "rendezvous", "containerPort": spec.rendezvous.port}]
-        + (
-            [{"name": METRICS_PORT, "containerPort": spec.metrics.port}]
-            if spec.metrics.enabled
-            else []
-        ),
+        "ports": ports,
         # The runtime writes its final metrics there; on an error the log's tail (the
         # traceback) becomes the message, and so reaches the job's status.
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
     }
     optional = {
         "imagePullPolicy": spec.image_pull_policy,
@@ -151,7 +166,6 @@ def build_pod(
         "workingDir": spec.working_dir,
         "envFrom": (spec.env_from + spec.checkpoint.env_from) or None,
         "resources": _resources(spec) or None,
-        "volumeMounts": spec.volume_mounts or None,
     }
     container.update({k: v for k, v in optional.items() if v is not None})
     pod_spec: dict[str, Any] = {
@@ -161,17 +175,25 @@ def build_pod(
         "automountServiceAccountToken": template.automount_service_account_token,
         "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
         "containers": [container],
+        "volumes": volumes,
     }
+    if spec.nccl.host_network:
+        # The headless Service still names node 0; this DNS policy keeps cluster names
+        # resolvable from the host network.
+        pod_spec.update(hostNetwork=True, dnsPolicy="ClusterFirstWithHostNet")
+    scheduling = spec.scheduling
+    scheduler = scheduling.scheduler_name or (
+        DEFAULT_SCHEDULER[scheduling.gang_provider] if scheduling.gang else None
+    )
     pod_optional = {
         "nodeSelector": template.node_selector or None,
-        "tolerations": template.tolerations or None,
-        "affinity": template.affinity,
-        "priorityClassName": template.priority_class_name,
-        "schedulerName": template.scheduler_name,
+        "tolerations": tolerations(spec) or None,
+        "affinity": affinity(job, spec),
+        "priorityClassName": scheduling.priority_class_name or template.priority_class_name,
+        "schedulerName": scheduler or template.scheduler_name,
         "serviceAccountName": template.service_account_name,
         "securityContext": template.security_context,
         "imagePullSecrets": template.image_pull_secrets or None,
-        "volumes": spec.volumes or None,
     }
     pod_spec.update({k: v for k, v in pod_optional.items() if v is not None})
     labels = {
@@ -181,6 +203,11 @@ def build_pod(
         ATTEMPT_LABEL: str(attempt),
         **MANAGED_BY,
     }
+    annotations = dict(template.annotations)
+    if scheduling.gang and scheduling.gang_provider == "coscheduling":
+        labels[COSCHEDULING_LABEL] = job
+    elif scheduling.gang:
+        annotations[VOLCANO_ANNOTATION] = job
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -188,8 +215,95 @@ def build_pod(
             "name": name,
             "namespace": namespace,
             "labels": labels,
-            "annotations": dict(template.annotations),
+            "annotations": annotations,
             "ownerReferences": [owner_reference(job, uid)],
         },
         "spec": pod_spec,
+    }
+
+
+def nccl_env(spec: LightningJobSpec) -> dict[str, str]:
+    nccl = spec.nccl
+    env = {
+        "NCCL_DEBUG": nccl.debug,
+        "NCCL_SOCKET_IFNAME": nccl.socket_ifname,
+        "NCCL_IB_DISABLE": None if nccl.ib_disable is None else str(int(nccl.ib_disable)),
+        "NCCL_IB_HCA": nccl.ib_hca,
+    }
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def shared_memory(spec: LightningJobSpec) -> tuple[list[Any], list[Any]]:
+    """The pod's volumes and the trainer's mounts, with a memory-backed /dev/shm unless the
+    user mounts something there."""
+    if any(m.get("mountPath", "").rstrip("/") == "/dev/shm" for m in spec.volume_mounts):
+        return list(spec.volumes), list(spec.volume_mounts)
+    size = str(spec.shared_memory_size)
+    volume = {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+    mount = {"name": SHM_VOLUME, "mountPath": "/dev/shm"}
+    return [*spec.volumes, volume], [*spec.volume_mounts, mount]
+
+
+def tolerations(spec: LightningJobSpec) -> list[Any]:
+    """The user's tolerations; with none, a GPU job tolerates the usual GPU taint."""
+    if spec.pod_template.tolerations:
+        return list(spec.pod_template.tolerations)
+    return [dict(GPU_TOLERATION)] if spec.num_gpus_per_node else []
+
+
+def affinity(job: str, spec: LightningJobSpec) -> dict[str, Any] | None:
+    """The user's affinity with lightjob's placement terms appended; nothing of the user's
+    is replaced."""
+    merged: dict[str, Any] = copy.deepcopy(spec.pod_template.affinity or {})
+    placement = spec.placement
+
+    def term(key: str) -> dict[str, Any]:
+        return {"labelSelector": {"matchLabels": {JOB_LABEL: job}}, "topologyKey": key}
+
+    def add(kind: str, field: str, item: dict[str, Any]) -> None:
+        merged.setdefault(kind, {}).setdefault(field, []).append(item)
+
+    if placement.exclusive_topology:
+        add(
+            "podAntiAffinity",
+            "requiredDuringSchedulingIgnoredDuringExecution",
+            term(placement.exclusive_topology),
+        )
+    elif placement.prefer_distinct_hosts:
+        add(
+            "podAntiAffinity",
+            "preferredDuringSchedulingIgnoredDuringExecution",
+            {"weight": 100, "podAffinityTerm": term(HOSTNAME)},
+        )
+    if placement.colocate_topology:
+        add(
+            "podAffinity",
+            "requiredDuringSchedulingIgnoredDuringExecution",
+            term(placement.colocate_topology),
+        )
+    return merged or None
+
+
+def build_podgroup(job: str, namespace: str, uid: str, spec: LightningJobSpec) -> Manifest | None:
+    """The gang's PodGroup for the chosen provider; None without gang scheduling."""
+    scheduling = spec.scheduling
+    if not scheduling.gang:
+        return None
+    provider = scheduling.gang_provider
+    group_spec: dict[str, Any] = {"minMember": spec.num_nodes}
+    if provider == "coscheduling" and scheduling.schedule_timeout_seconds:
+        group_spec["scheduleTimeoutSeconds"] = scheduling.schedule_timeout_seconds
+    if provider == "volcano":
+        extra = {"queue": scheduling.queue, "priorityClassName": scheduling.priority_class_name}
+        group_spec.update({k: v for k, v in extra.items() if v})
+    return {
+        "apiVersion": PODGROUP_API[provider],
+        "kind": "PodGroup",
+        "metadata": {
+            "name": job,
+            "namespace": namespace,
+            "labels": {JOB_LABEL: job, **MANAGED_BY},
+            "ownerReferences": [owner_reference(job, uid)],
+        },
+        "spec": group_spec,
     }

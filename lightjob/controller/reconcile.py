@@ -52,6 +52,14 @@ class PodView:
 
 
 @dataclass(frozen=True, slots=True)
+class PodGroupView:
+    """The job's PodGroup, as the API has it."""
+
+    spec: dict[str, Any]
+    unschedulable: str | None  # the scheduler's reason the gang cannot be placed, if any
+
+
+@dataclass(frozen=True, slots=True)
 class JobView:
     name: str
     namespace: str
@@ -75,6 +83,7 @@ class Event:
 @dataclass(slots=True)
 class Plan:
     create: list[build.Manifest] = field(default_factory=list)
+    update: list[build.Manifest] = field(default_factory=list)  # objects whose spec to patch
     delete: list[str] = field(default_factory=list)  # pod names
     status: dict[str, Any] | None = None  # the whole new status, when it changed
     events: list[Event] = field(default_factory=list)
@@ -84,7 +93,14 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.create or self.delete or self.status or self.events or self.delete_job)
+        return not (
+            self.create
+            or self.update
+            or self.delete
+            or self.status
+            or self.events
+            or self.delete_job
+        )
 
 
 def observe_job(body: dict[str, Any]) -> JobView:
@@ -178,6 +194,22 @@ def observe_pod(pod: dict[str, Any], job_uid: str) -> PodView | None:
     )
 
 
+def observe_podgroup(body: dict[str, Any] | None) -> PodGroupView | None:
+    """Either provider's PodGroup. Volcano says why a gang waits in an Unschedulable
+    condition; scheduler-plugins says it on the pods (see observe_pod)."""
+    if body is None:
+        return None
+    conditions = (body.get("status") or {}).get("conditions") or []
+    waiting = next(
+        (c for c in conditions if c.get("type") == "Unschedulable" and c.get("status") == "True"),
+        None,
+    )
+    reason = None
+    if waiting is not None:
+        reason = waiting.get("message") or waiting.get("reason") or "Unschedulable"
+    return PodGroupView(spec=dict(body.get("spec") or {}), unschedulable=reason)
+
+
 def backoff_delay(restarts: int, base: float) -> float:
     return float(min(base * 2 ** max(0, restarts - 1), BACKOFF_CAP_SECONDS))
 
@@ -197,9 +229,11 @@ def reconcile(
     *,
     backoff_base: float = 10.0,
     sample: Sample | None = None,
+    podgroup: PodGroupView | None = None,
 ) -> Plan:
-    """The plan for one job. `sample` is node 0's metrics, when the caller read them."""
-    plan = _decide(job, pods, service_exists, now, backoff_base, sample)
+    """The plan for one job. `sample` is node 0's metrics, when the caller read them;
+    `podgroup` the job's PodGroup, when it uses gang scheduling and one exists."""
+    plan = _decide(job, pods, service_exists, now, backoff_base, sample, podgroup)
     # A pod name still taken (say by an old attempt's pod that is shutting down) is never
     # created twice: the pod is created by a later reconcile, once the name is free.
     taken = {p.name for p in pods}
@@ -216,6 +250,7 @@ def _decide(
     now: dt.datetime,
     backoff_base: float,
     sample: Sample | None,
+    podgroup: PodGroupView | None,
 ) -> Plan:
     plan = Plan()
     if job.deleting:
@@ -236,6 +271,7 @@ def _decide(
 
     if not service_exists:
         plan.create.append(build.build_service(job.name, job.namespace, job.uid, spec))
+    _gang(job, spec, podgroup, plan)  # before any pod, which the scheduler would hold
     # Pods of a newer attempt than the status says: the operator stopped after creating
     # them and before writing status. Adopt that attempt rather than start another.
     attempt = max([status.attempt, *(p.attempt for p in pods)])
@@ -302,7 +338,7 @@ def _decide(
         return _failed(job, spec, status, pods, current, plan, now, outcome, backoff_base)
     if sample is not None and status.phase == "Running":
         progress.update(status, sample, now)
-    return _active(job, spec, status, current, plan, now)
+    return _active(job, spec, status, current, plan, now, podgroup)
 
 
 def _resize_elastic(
@@ -328,6 +364,17 @@ def _resize_elastic(
     return added
 
 
+def _gang(job: JobView, spec: LightningJobSpec, observed: PodGroupView | None, plan: Plan) -> None:
+    """Create the PodGroup, or bring its spec (minMember follows numNodes) up to date."""
+    desired = build.build_podgroup(job.name, job.namespace, job.uid, spec)
+    if desired is None:
+        return
+    if observed is None:
+        plan.create.append(desired)
+    elif any(observed.spec.get(k) != v for k, v in desired["spec"].items()):
+        plan.update.append(desired)
+
+
 def _active(
     job: JobView,
     spec: LightningJobSpec,
@@ -335,6 +382,7 @@ def _active(
     current: list[PodView],
     plan: Plan,
     now: dt.datetime,
+    podgroup: PodGroupView | None = None,
 ) -> Plan:
     """An attempt in progress: fill in pods never created, report progress, enforce the
     pending deadline."""
@@ -360,10 +408,15 @@ def _active(
         return _complete(job, status, plan, now, reason="AllNodesRunning")
     status.phase = "Pending"
     unschedulable = next((p for p in members if p.unschedulable), None)
-    if unschedulable is None:
+    if unschedulable is not None:
+        message = f"node {unschedulable.rank} cannot be scheduled: {unschedulable.unschedulable}"
+    elif podgroup is not None and podgroup.unschedulable:
+        message = (
+            f"the gang of {status.replicas} nodes cannot be scheduled: {podgroup.unschedulable}"
+        )
+    else:
         status.message = _progress(status)
         return _complete(job, status, plan, now, reason="WaitingForNodes")
-    message = f"node {unschedulable.rank} cannot be scheduled: {unschedulable.unschedulable}"
     if status.message != message:
         plan.events.append(Event("Warning", "Unschedulable", message))
     status.message = message

@@ -29,10 +29,11 @@ from lightjob.controller import (
     Sample,
     observe_job,
     observe_pod,
+    observe_podgroup,
     parse,
     reconcile,
 )
-from lightjob.controller.build import JOB_LABEL
+from lightjob.controller.build import JOB_LABEL, PODGROUP_API
 from lightjob.operator import metrics
 from lightjob.operator.kube import KubeClient
 
@@ -114,7 +115,19 @@ class Reconciler:
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         has_service = self._service_exists(namespace, name, key)
         sample = self._sample(key, job, pods)
-        plan = reconcile(job, pods, has_service, now, backoff_base=self.backoff_base, sample=sample)
+        podgroup = None
+        if job.spec is not None and job.spec.scheduling.gang:
+            api_version = PODGROUP_API[job.spec.scheduling.gang_provider]
+            podgroup = observe_podgroup(self.client.get_podgroup(namespace, name, api_version))
+        plan = reconcile(
+            job,
+            pods,
+            has_service,
+            now,
+            backoff_base=self.backoff_base,
+            sample=sample,
+            podgroup=podgroup,
+        )
         self.client.apply(namespace, name, plan, job.raw_status)
         for event in plan.events:
             kopf.event(cast(Any, body), type=event.type, reason=event.reason, message=event.message)
@@ -122,7 +135,7 @@ class Reconciler:
         current = plan.status or job.raw_status
         metrics.observe_phase(key, None if plan.delete_job else current.get("phase"))
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
-        if plan.create or plan.delete or plan.events or plan.delete_job:
+        if plan.create or plan.update or plan.delete or plan.events or plan.delete_job:
             # One line per decision; a status-only write (progress) is not one.
             fields = {
                 "job": key,

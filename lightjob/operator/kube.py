@@ -61,6 +61,22 @@ class KubeClient:
         )
         return list(_json(result).get("items", []))
 
+    def get_podgroup(self, namespace: str, job: str, api_version: str) -> dict[str, Any] | None:
+        """The job's PodGroup (scheduler-plugins or Volcano); None when it does not exist."""
+        group, version = api_version.split("/")
+        try:
+            body = self._call(
+                "get",
+                lambda: self.custom.get_namespaced_custom_object(
+                    group, version, namespace, "podgroups", job, _request_timeout=TIMEOUT
+                ),
+            )
+            return cast(dict[str, Any], body)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
     def service_exists(self, namespace: str, job: str) -> bool:
         try:
             self._call(
@@ -82,6 +98,8 @@ class KubeClient:
             self.write_status(namespace, name, plan.status, current_status)
         for manifest in plan.create:
             self.create(namespace, manifest)
+        for manifest in plan.update:
+            self.patch_spec(namespace, manifest)
         for pod in plan.delete:
             self.delete_pod(namespace, pod)
         if plan.delete_job:
@@ -116,10 +134,35 @@ class KubeClient:
             "Service": lambda: self.core.create_namespaced_service(
                 namespace, cast(Any, manifest), _preload_content=False, _request_timeout=TIMEOUT
             ),
+            "PodGroup": lambda: self.custom.create_namespaced_custom_object(
+                manifest["apiVersion"].split("/")[0],
+                manifest["apiVersion"].split("/")[1],
+                namespace,
+                "podgroups",
+                manifest,
+                _request_timeout=TIMEOUT,
+            ),
         }[kind]
         created = self._ignore(409, lambda: self._call("create", create, retry_conflicts=False))
         if created and kind == "Pod":
             metrics.PODS_CREATED.inc()
+
+    def patch_spec(self, namespace: str, manifest: dict[str, Any]) -> None:
+        """Merge-patch a custom object's spec (a PodGroup's minMember after a resize)."""
+        group, version = manifest["apiVersion"].split("/")
+        name = manifest["metadata"]["name"]
+        self._call(
+            "patch",
+            lambda: self.custom.patch_namespaced_custom_object(
+                group,
+                version,
+                namespace,
+                "podgroups",
+                name,
+                {"spec": manifest["spec"]},
+                _request_timeout=TIMEOUT,
+            ),
+        )
 
     def delete_pod(self, namespace: str, name: str) -> None:
         deleted = self._ignore(

@@ -41,10 +41,29 @@ CLUSTER_PEERING: list[Rule] = [
 ]
 
 
-def rules(cluster_wide: bool, peering: bool) -> list[Rule]:
+# Gang scheduling, only for the provider the chart enables (value gangScheduling.provider).
+GANG: dict[str, list[Rule]] = {
+    "coscheduling": [
+        {
+            "apiGroups": ["scheduling.x-k8s.io"],
+            "resources": ["podgroups"],
+            "verbs": ["get", "create", "patch"],
+        }
+    ],
+    "volcano": [
+        {
+            "apiGroups": ["scheduling.volcano.sh"],
+            "resources": ["podgroups"],
+            "verbs": ["get", "create", "patch"],
+        }
+    ],
+}
+
+
+def rules(cluster_wide: bool, peering: bool, gang: str | None = None) -> list[Rule]:
     """The operator's rules for one way of running it."""
     extra = (CLUSTER_PEERING if cluster_wide else PEERING) if peering else []
-    return [*NAMESPACED, *extra]
+    return [*NAMESPACED, *(GANG[gang] if gang else []), *extra]
 
 
 def allows(granted: list[Rule], group: str, resource: str, verb: str) -> bool:

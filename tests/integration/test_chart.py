@@ -70,6 +70,11 @@ VARIANTS = {
         "watch.namespaces={team-a}",
     ),
     "no peering": ("peering.enabled=false", "replicaCount=1"),
+    "coscheduling": ("gangScheduling.provider=coscheduling",),
+    "volcano in namespaces": (
+        "gangScheduling.provider=volcano",
+        "watch.namespaces={team-a,team-b}",
+    ),
 }
 
 
@@ -98,11 +103,17 @@ def test_every_rendered_manifest_is_valid(variant: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("variant", "cluster_wide"),
-    [("defaults", True), ("namespace list", False), ("no peering", True)],
+    ("variant", "cluster_wide", "gang"),
+    [
+        ("defaults", True, None),
+        ("namespace list", False, None),
+        ("no peering", True, None),
+        ("coscheduling", True, "coscheduling"),
+        ("volcano in namespaces", False, "volcano"),
+    ],
 )
 def test_the_operator_gets_exactly_the_rules_it_uses_and_no_secrets(
-    variant: str, cluster_wide: bool
+    variant: str, cluster_wide: bool, gang: str | None
 ) -> None:
     docs = render(*VARIANTS[variant])
     peering = variant != "no peering"
@@ -114,7 +125,7 @@ def test_the_operator_gets_exactly_the_rules_it_uses_and_no_secrets(
     assert roles and all((d["kind"] == "ClusterRole") == cluster_wide for d in roles)
     for role in roles:
         assert normalised(role["rules"]) == normalised(
-            rbac.rules(cluster_wide=cluster_wide, peering=peering)
+            rbac.rules(cluster_wide=cluster_wide, peering=peering, gang=gang)
         )
     for doc in docs:
         for rule in doc.get("rules", []):

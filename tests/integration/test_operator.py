@@ -364,3 +364,101 @@ async def test_every_api_call_is_in_the_declared_rbac_and_every_rule_is_used(
         if (g, res, v) not in used
     ]
     assert not unused, f"rules granted but never used: {unused}"
+
+
+async def test_a_gpu_gang_gets_shm_gpus_a_toleration_and_a_podgroup_that_follows_scale(
+    cluster: Cluster,
+) -> None:
+    import kubernetes
+
+    from lightjob.operator import rbac
+
+    podgroups = "scheduling.x-k8s.io/v1alpha1/podgroups"
+    cluster.api.calls.clear()
+    cluster.api.queries.clear()
+    cluster.api.create(
+        JOBS,
+        "default",
+        job(
+            resourcesPerNode={"limits": {"nvidia.com/gpu": 8, "memory": "64Gi"}},
+            scheduling={"gang": True, "scheduleTimeoutSeconds": 600},
+        ),
+    )
+    await cluster.wait(lambda: phase(cluster) == "Running", what="Running")
+    group = cluster.api.get(podgroups, "default", "demo")
+    assert group["spec"] == {"minMember": 2, "scheduleTimeoutSeconds": 600}
+    assert group["metadata"]["ownerReferences"][0]["name"] == "demo"
+    for pod in cluster.pods().values():
+        env = env_of(pod)
+        assert (env["PET_NPROC_PER_NODE"], env["WORLD_SIZE"]) == ("8", "16")
+        spec = pod["spec"]
+        assert {"name": "lightjob-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}} in (
+            spec["volumes"]
+        )
+        assert {"name": "lightjob-shm", "mountPath": "/dev/shm"} in spec["containers"][0][
+            "volumeMounts"
+        ]
+        assert spec["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+        assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "demo"
+        assert spec["schedulerName"] == "scheduler-plugins-scheduler"
+
+    client = kubernetes.config.new_client_from_config(config_file=cluster.kubeconfig)
+    await asyncio.to_thread(  # kubectl scale lj/demo --replicas=3
+        kubernetes.client.CustomObjectsApi(client).patch_namespaced_custom_object_scale,
+        "lightjob.dev",
+        "v1alpha1",
+        "default",
+        "lightningjobs",
+        "demo",
+        {"spec": {"replicas": 3}},
+    )
+    await cluster.wait(
+        lambda: cluster.api.get(podgroups, "default", "demo")["spec"]["minMember"] == 3,
+        what="minMember 3",
+    )
+    await cluster.wait(lambda: len(cluster.pods()) == 3 and phase(cluster) == "Running")
+    assert env_of(cluster.pods()["demo-node-2"])["WORLD_SIZE"] == "24"
+
+    # Only the provider's PodGroup rules were needed, and all of them were used.
+    granted = rbac.rules(cluster_wide=False, peering=False, gang="coscheduling")
+    used = set()
+    for (method, path), query in zip(cluster.api.calls, cluster.api.queries, strict=True):
+        permission = rbac.call_to_permission(method, path, query)
+        if permission is not None and "podgroups" in path:
+            assert rbac.allows(granted, *permission), permission
+            used.add(permission)
+    assert used == {("scheduling.x-k8s.io", "podgroups", v) for v in ("get", "create", "patch")}
+
+    cluster.api.delete(JOBS, "default", "demo")
+    await cluster.wait(
+        lambda: cluster.api.find(podgroups, "default", "demo") is None, what="PodGroup GC"
+    )
+
+
+async def test_a_volcano_gang_that_cannot_be_placed_says_why_and_hits_its_deadline(
+    cluster: Cluster,
+) -> None:
+    podgroups = "scheduling.volcano.sh/v1beta1/podgroups"
+    for name in ("demo-node-0", "demo-node-1"):
+        cluster.kubelet.unschedulable[name] = "0/4 nodes are available: pod group is not ready"
+    cluster.api.create(
+        JOBS,
+        "default",
+        job(
+            scheduling={"gang": True, "schedulerName": "volcano", "queue": "research"},
+            runPolicy={"pendingDeadlineSeconds": 2},
+        ),
+    )
+    await cluster.wait(lambda: cluster.api.find(podgroups, "default", "demo"), what="PodGroup")
+    group = cluster.api.get(podgroups, "default", "demo")
+    assert group["spec"] == {"minMember": 2, "queue": "research"}
+    pod = cluster.pods()["demo-node-0"]
+    assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "demo"
+    assert pod["spec"]["schedulerName"] == "volcano"
+    await cluster.wait(lambda: phase(cluster) == "Failed", timeout=30, what="Failed")
+    status = status_of(cluster)
+    assert "pendingDeadlineSeconds=2" in status["message"]
+    assert "pod group is not ready" in status["message"]
+    assert any(e.startswith("Unschedulable:") for e in cluster.events())

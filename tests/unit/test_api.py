@@ -116,6 +116,10 @@ VALID = [
     ),
 ]
 
+VALID.append(
+    yaml.safe_load((Path(__file__).parents[2] / "examples/gpu/lightningjob.yaml").read_text())
+)
+
 # (document, the field path the error must name, a fragment of the message)
 INVALID = [
     (job_doc(numNodes=-1), "spec.numNodes", "greater than or equal to 1"),
@@ -141,6 +145,14 @@ INVALID = [
     (job_doc(checkpoint={"keep": 0}), "spec.checkpoint.keep", "greater than or equal to 1"),
     ({**job_doc(), "metadata": {"name": "Bad_Name"}}, "metadata.name", "pattern"),
     ({k: v for k, v in job_doc().items() if k != "spec"}, "spec", "required field is missing"),
+    (job_doc(scheduling={"provider": "kueue"}), "spec.scheduling.provider", "'coscheduling'"),
+    (job_doc(nccl={"debug": "LOUD"}), "spec.nccl.debug", "'WARN'"),
+    (job_doc(sharedMemorySize=""), "spec.sharedMemorySize", "Kubernetes quantity"),
+    (
+        job_doc(placement={"exclusiveTopology": ""}),
+        "spec.placement.exclusiveTopology",
+        "at least 1",
+    ),
 ]
 
 
@@ -342,3 +354,8 @@ def test_binary_input_is_explained(tmp_path: Path) -> None:
 def test_light_modules_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_readme_shows_the_gpu_example_as_committed() -> None:
+    example = (ROOT / "examples" / "gpu" / "lightningjob.yaml").read_text()
+    assert f"```yaml\n{example}```" in (ROOT / "README.md").read_text()

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from lightjob.controller import Plan, observe_job, observe_pod, parse, reconcile
+from lightjob.controller import Plan, observe_job, observe_pod, observe_podgroup, parse, reconcile
 from lightjob.controller.build import ATTEMPT_LABEL, JOB_LABEL, RANK_LABEL
 from lightjob.controller.progress import duration, headline
 from lightjob.runtime.telemetry import Telemetry
@@ -612,3 +612,203 @@ def test_pods_serve_metrics_on_the_spec_port_unless_disabled() -> None:
     pod0 = next(m for m in plan_for(off, []).create if m["kind"] == "Pod")
     assert "LIGHTJOB_METRICS_PORT" not in env_of(pod0)
     assert [p["name"] for p in pod0["spec"]["containers"][0]["ports"]] == ["rendezvous"]
+
+
+def pod_of(body: dict[str, Any], rank: int = 0) -> dict[str, Any]:
+    return next(
+        m
+        for m in plan_for(body, []).create
+        if m["kind"] == "Pod" and m["metadata"]["name"] == f"demo-node-{rank}"
+    )
+
+
+SHM = {"name": "lightjob-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+
+
+def test_every_pod_gets_a_memory_backed_dev_shm_unless_the_user_mounts_one() -> None:
+    spec = pod_of(job_body())["spec"]
+    assert spec["volumes"] == [SHM]
+    assert spec["containers"][0]["volumeMounts"] == [
+        {"name": "lightjob-shm", "mountPath": "/dev/shm"}
+    ]
+    sized = pod_of(job_body(sharedMemorySize="32Gi"))["spec"]
+    assert sized["volumes"][0]["emptyDir"]["sizeLimit"] == "32Gi"
+    users = pod_of(
+        job_body(
+            volumes=[{"name": "mine", "emptyDir": {"medium": "Memory"}}],
+            volumeMounts=[{"name": "mine", "mountPath": "/dev/shm/"}],
+        )
+    )["spec"]
+    assert users["volumes"] == [{"name": "mine", "emptyDir": {"medium": "Memory"}}]
+    assert users["containers"][0]["volumeMounts"] == [{"name": "mine", "mountPath": "/dev/shm/"}]
+
+
+@pytest.mark.parametrize(
+    ("limits", "devices", "processes", "tolerated"),
+    [
+        ({"nvidia.com/gpu": 8}, "auto", "8", True),
+        ({"nvidia.com/gpu": "4"}, "auto", "4", True),
+        ({"nvidia.com/gpu": 8}, 2, "2", True),
+        ({"cpu": 4}, "auto", "1", False),
+        ({}, 3, "3", False),
+    ],
+)
+def test_gpus_set_the_processes_per_node_and_the_gpu_toleration(
+    limits: dict[str, Any], devices: Any, processes: str, tolerated: bool
+) -> None:
+    body = job_body(numNodes=2, devicesPerNode=devices, resourcesPerNode={"limits": limits})
+    pod0 = pod_of(body)
+    env = env_of(pod0)
+    assert env["PET_NPROC_PER_NODE"] == processes
+    assert env["WORLD_SIZE"] == str(2 * int(processes))
+    expected = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod0["spec"].get("tolerations") == (expected if tolerated else None)
+    # The user's tolerations replace the default one entirely.
+    spot = [{"key": "spot", "operator": "Exists"}]
+    body = job_body(resourcesPerNode={"limits": limits}, podTemplate={"tolerations": spot})
+    assert pod_of(body)["spec"]["tolerations"] == spot
+
+
+def test_placement_merges_with_the_users_affinity_and_never_replaces_it() -> None:
+    ours = {"labelSelector": {"matchLabels": {JOB_LABEL: "demo"}}, "topologyKey": "HOST"}
+    host = {**ours, "topologyKey": "kubernetes.io/hostname"}
+    assert pod_of(job_body())["spec"]["affinity"] == {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": host}
+            ]
+        }
+    }
+    assert "affinity" not in pod_of(job_body(placement={"preferDistinctHosts": False}))["spec"]
+    node_affinity = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}]
+        }
+    }
+    theirs = {"weight": 5, "podAffinityTerm": {"topologyKey": "zone", "labelSelector": {}}}
+    user = {
+        "nodeAffinity": node_affinity,
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [theirs]},
+    }
+    body = job_body(
+        podTemplate={"affinity": copy.deepcopy(user)},
+        placement={"exclusiveTopology": "kubernetes.io/hostname", "colocateTopology": "rack"},
+    )
+    affinity = pod_of(body)["spec"]["affinity"]
+    assert affinity["nodeAffinity"] == node_affinity
+    anti = affinity["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"] == [theirs]
+    assert anti["requiredDuringSchedulingIgnoredDuringExecution"] == [host]
+    assert affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == [
+        {**ours, "topologyKey": "rack"}
+    ]
+
+
+def test_nccl_knobs_pass_as_env_and_host_network_keeps_the_rendezvous_name() -> None:
+    body = job_body(
+        nccl={"debug": "INFO", "socketIfname": "eth0", "ibDisable": True, "hostNetwork": True},
+        env=[{"name": "NCCL_DEBUG", "value": "TRACE"}, {"name": "NCCL_ALGO", "value": "Ring"}],
+    )
+    pod0 = pod_of(body)
+    env = env_of(pod0)
+    assert env["NCCL_DEBUG"] == "TRACE"  # the user's env wins
+    assert (env["NCCL_SOCKET_IFNAME"], env["NCCL_IB_DISABLE"], env["NCCL_ALGO"]) == (
+        "eth0",
+        "1",
+        "Ring",
+    )
+    assert "NCCL_IB_HCA" not in env
+    spec = pod0["spec"]
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    # Node 0 keeps its Service name (resolvable with that DNS policy), in both modes.
+    assert (
+        env["MASTER_ADDR"]
+        == "demo-node-0.demo.team.svc"
+        == env_of(pod_of(job_body()))["MASTER_ADDR"]
+    )
+    assert (spec["hostname"], spec["subdomain"]) == ("demo-node-0", "demo")
+    assert "hostNetwork" not in pod_of(job_body())["spec"]
+
+
+def podgroup_in(plan: Plan) -> dict[str, Any]:
+    return next(m for m in plan.create + plan.update if m["kind"] == "PodGroup")
+
+
+def test_coscheduling_podgroup_is_created_first_and_follows_num_nodes() -> None:
+    body = job_body(numNodes=2, scheduling={"gang": True, "scheduleTimeoutSeconds": 300})
+    plan = plan_for(body, [], service=False)
+    kinds = [m["kind"] for m in plan.create]
+    assert kinds == ["Service", "PodGroup", "Pod", "Pod"]  # the group exists before its pods
+    group = podgroup_in(plan)
+    assert group["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
+    assert group["spec"] == {"minMember": 2, "scheduleTimeoutSeconds": 300}
+    # Deleted with the job: the garbage collector follows the owner reference.
+    assert group["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "lightjob.dev/v1alpha1",
+        "kind": "LightningJob",
+        "name": "demo",
+        "uid": UID,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    pod0 = next(m for m in plan.create if m["kind"] == "Pod")
+    assert pod0["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "demo"
+    assert pod0["spec"]["schedulerName"] == "scheduler-plugins-scheduler"
+
+    observed = observe_podgroup(group)
+    job = observe_job(
+        job_body(running(), numNodes=2, scheduling={"gang": True, "scheduleTimeoutSeconds": 300})
+    )
+    views = [v for v in (observe_pod(p, UID) for p in (pod(0), pod(1))) if v]
+    steady = reconcile(job, views, True, NOW, podgroup=observed)
+    assert not steady.create and not steady.update  # nothing to do when it matches
+    resized = observe_job(
+        job_body(running(), numNodes=3, scheduling={"gang": True, "scheduleTimeoutSeconds": 300})
+    )
+    plan = reconcile(resized, views, True, NOW, podgroup=observed)
+    assert podgroup_in(plan)["spec"]["minMember"] == 3 and plan.update
+
+
+def test_volcano_podgroup_and_its_unschedulable_reason_reach_status() -> None:
+    scheduling = {
+        "gang": True,
+        "schedulerName": "volcano",
+        "queue": "q1",
+        "priorityClassName": "hi",
+    }
+    plan = plan_for(job_body(scheduling=scheduling), [])
+    group = podgroup_in(plan)
+    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    assert group["spec"] == {"minMember": 2, "queue": "q1", "priorityClassName": "hi"}
+    pod0 = next(m for m in plan.create if m["kind"] == "Pod")
+    assert pod0["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "demo"
+    assert "scheduling.x-k8s.io/pod-group" not in pod0["metadata"]["labels"]
+    assert (pod0["spec"]["schedulerName"], pod0["spec"]["priorityClassName"]) == ("volcano", "hi")
+
+    waiting = {
+        **group,
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "Unschedulable", "status": "True", "message": "3/4 nodes lack GPUs"}
+            ],
+        },
+    }
+    body = job_body(
+        {**running(), "phase": "Pending"},
+        scheduling=scheduling,
+        runPolicy={"pendingDeadlineSeconds": 7200},  # the attempt started at 11:00
+    )
+    views = [
+        v
+        for v in (observe_pod(p, UID) for p in (pod(0, state="waiting"), pod(1, state="waiting")))
+        if v
+    ]
+    plan = reconcile(observe_job(body), views, True, NOW, podgroup=observe_podgroup(waiting))
+    assert plan.status is not None
+    assert plan.status["message"] == "the gang of 2 nodes cannot be scheduled: 3/4 nodes lack GPUs"
+    assert [e.reason for e in plan.events] == ["Unschedulable"]
+    late = NOW + dt.timedelta(hours=1, seconds=1)
+    plan = reconcile(observe_job(body), views, True, late, podgroup=observe_podgroup(waiting))
+    assert plan.status is not None and plan.status["phase"] == "Failed"
+    assert "pendingDeadlineSeconds=7200" in plan.status["message"]

@@ -44,4 +44,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- with .Values.gangScheduling.provider }}
+- apiGroups: [{{ ternary "scheduling.volcano.sh" "scheduling.x-k8s.io" (eq . "volcano") | quote }}]
+  resources: ["podgroups"]
+  verbs: ["get", "create", "patch"]
+{{- end }}
 {{- end -}}
