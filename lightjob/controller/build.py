@@ -145,13 +145,65 @@ def build_pod(
     name = pod_name(job, rank)
     template = spec.pod_template
     volumes, mounts = shared_memory(spec)
+    container = _trainer(spec, build_env(job, namespace, uid, spec, rank, attempt), mounts)
+    pod_spec: dict[str, Any] = {
+        "hostname": name,
+        "subdomain": job,
+        "restartPolicy": "Never",  # the controller restarts the gang, never the kubelet
+        "automountServiceAccountToken": template.automount_service_account_token,
+        "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.nccl.host_network:
+        # The headless Service still names node 0; this DNS policy keeps cluster names
+        # resolvable from the host network.
+        pod_spec.update(hostNetwork=True, dnsPolicy="ClusterFirstWithHostNet")
+    pod_optional = {
+        "nodeSelector": template.node_selector or None,
+        "tolerations": tolerations(spec) or None,
+        "affinity": affinity(job, spec),
+        "serviceAccountName": template.service_account_name,
+        "securityContext": template.security_context,
+        "imagePullSecrets": template.image_pull_secrets or None,
+        **_scheduler(spec),
+    }
+    pod_spec.update({k: v for k, v in pod_optional.items() if v is not None})
+    labels = {
+        **template.labels,
+        JOB_LABEL: job,
+        RANK_LABEL: str(rank),
+        ATTEMPT_LABEL: str(attempt),
+        **MANAGED_BY,
+    }
+    annotations = dict(template.annotations)
+    if spec.scheduling.gang and spec.scheduling.gang_provider == "coscheduling":
+        labels[COSCHEDULING_LABEL] = job
+    elif spec.scheduling.gang:
+        annotations[VOLCANO_ANNOTATION] = job
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(job, uid)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def _trainer(spec: LightningJobSpec, env: list[Any], mounts: list[Any]) -> dict[str, Any]:
+    """The training container."""
     ports = [{"name": "rendezvous", "containerPort": spec.rendezvous.port}]
     if spec.metrics.enabled:
         ports.append({"name": METRICS_PORT, "containerPort": spec.metrics.port})
     container: dict[str, Any] = {
         "name": TRAINER,
         "image": spec.image,
-        "env": build_env(job, namespace, uid, spec, rank, attempt),
+        "env": env,
         "ports": ports,
         # The runtime writes its final metrics there; on an error the log's tail (the
         # traceback) becomes the message, and so reaches the job's status.
@@ -168,57 +220,17 @@ def build_pod(
         "resources": _resources(spec) or None,
     }
     container.update({k: v for k, v in optional.items() if v is not None})
-    pod_spec: dict[str, Any] = {
-        "hostname": name,
-        "subdomain": job,
-        "restartPolicy": "Never",  # the controller restarts the gang, never the kubelet
-        "automountServiceAccountToken": template.automount_service_account_token,
-        "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
-        "containers": [container],
-        "volumes": volumes,
-    }
-    if spec.nccl.host_network:
-        # The headless Service still names node 0; this DNS policy keeps cluster names
-        # resolvable from the host network.
-        pod_spec.update(hostNetwork=True, dnsPolicy="ClusterFirstWithHostNet")
-    scheduling = spec.scheduling
-    scheduler = scheduling.scheduler_name or (
-        DEFAULT_SCHEDULER[scheduling.gang_provider] if scheduling.gang else None
-    )
-    pod_optional = {
-        "nodeSelector": template.node_selector or None,
-        "tolerations": tolerations(spec) or None,
-        "affinity": affinity(job, spec),
-        "priorityClassName": scheduling.priority_class_name or template.priority_class_name,
-        "schedulerName": scheduler or template.scheduler_name,
-        "serviceAccountName": template.service_account_name,
-        "securityContext": template.security_context,
-        "imagePullSecrets": template.image_pull_secrets or None,
-    }
-    pod_spec.update({k: v for k, v in pod_optional.items() if v is not None})
-    labels = {
-        **template.labels,
-        JOB_LABEL: job,
-        RANK_LABEL: str(rank),
-        ATTEMPT_LABEL: str(attempt),
-        **MANAGED_BY,
-    }
-    annotations = dict(template.annotations)
-    if scheduling.gang and scheduling.gang_provider == "coscheduling":
-        labels[COSCHEDULING_LABEL] = job
-    elif scheduling.gang:
-        annotations[VOLCANO_ANNOTATION] = job
+    return container
+
+
+def _scheduler(spec: LightningJobSpec) -> dict[str, str | None]:
+    """schedulerName and priorityClassName: spec.scheduling's, else podTemplate's, else
+    (with gang scheduling) the provider's usual scheduler."""
+    scheduling, template = spec.scheduling, spec.pod_template
+    default = DEFAULT_SCHEDULER[scheduling.gang_provider] if scheduling.gang else None
     return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(job, uid)],
-        },
-        "spec": pod_spec,
+        "schedulerName": scheduling.scheduler_name or template.scheduler_name or default,
+        "priorityClassName": scheduling.priority_class_name or template.priority_class_name,
     }
 
 

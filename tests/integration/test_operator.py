@@ -106,23 +106,30 @@ async def test_a_preemption_restarts_without_consuming_the_backoff_limit(cluster
     )
 
 
-async def test_kubectl_scale_resizes_the_job(cluster: Cluster) -> None:
+def custom_api(cluster: Cluster) -> Any:
     import kubernetes
 
-    cluster.api.create(JOBS, "default", job())
-    await cluster.wait(lambda: phase(cluster) == "Running")
     client = kubernetes.config.new_client_from_config(config_file=cluster.kubeconfig)
-    api = kubernetes.client.CustomObjectsApi(client)
-    # What `kubectl scale lj/demo --replicas=3` sends: a patch of the scale subresource.
-    scale = await asyncio.to_thread(
-        api.patch_namespaced_custom_object_scale,
+    return kubernetes.client.CustomObjectsApi(client)
+
+
+async def kubectl_scale(cluster: Cluster, replicas: int) -> dict[str, Any]:
+    """What `kubectl scale lj/demo --replicas=N` sends: a patch of the scale subresource."""
+    return await asyncio.to_thread(
+        custom_api(cluster).patch_namespaced_custom_object_scale,
         "lightjob.dev",
         "v1alpha1",
         "default",
         "lightningjobs",
         "demo",
-        {"spec": {"replicas": 3}},
+        {"spec": {"replicas": replicas}},
     )
+
+
+async def test_kubectl_scale_resizes_the_job(cluster: Cluster) -> None:
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(lambda: phase(cluster) == "Running")
+    scale = await kubectl_scale(cluster, 3)
     assert scale["spec"]["replicas"] == 3
     await cluster.wait(
         lambda: (
@@ -141,7 +148,7 @@ async def test_kubectl_scale_resizes_the_job(cluster: Cluster) -> None:
     assert env_of(cluster.pods()["demo-node-2"])["WORLD_SIZE"] == "3"
     assert cluster.job()["metadata"]["generation"] == 2 and status["observedGeneration"] == 2
     read = await asyncio.to_thread(
-        api.get_namespaced_custom_object_scale,
+        custom_api(cluster).get_namespaced_custom_object_scale,
         "lightjob.dev",
         "v1alpha1",
         "default",
@@ -369,8 +376,6 @@ async def test_every_api_call_is_in_the_declared_rbac_and_every_rule_is_used(
 async def test_a_gpu_gang_gets_shm_gpus_a_toleration_and_a_podgroup_that_follows_scale(
     cluster: Cluster,
 ) -> None:
-    import kubernetes
-
     from lightjob.operator import rbac
 
     podgroups = "scheduling.x-k8s.io/v1alpha1/podgroups"
@@ -404,16 +409,7 @@ async def test_a_gpu_gang_gets_shm_gpus_a_toleration_and_a_podgroup_that_follows
         assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "demo"
         assert spec["schedulerName"] == "scheduler-plugins-scheduler"
 
-    client = kubernetes.config.new_client_from_config(config_file=cluster.kubeconfig)
-    await asyncio.to_thread(  # kubectl scale lj/demo --replicas=3
-        kubernetes.client.CustomObjectsApi(client).patch_namespaced_custom_object_scale,
-        "lightjob.dev",
-        "v1alpha1",
-        "default",
-        "lightningjobs",
-        "demo",
-        {"spec": {"replicas": 3}},
-    )
+    await kubectl_scale(cluster, 3)
     await cluster.wait(
         lambda: cluster.api.get(podgroups, "default", "demo")["spec"]["minMember"] == 3,
         what="minMember 3",
