@@ -450,7 +450,7 @@ async def test_a_volcano_gang_that_cannot_be_placed_says_why_and_hits_its_deadli
     await cluster.wait(lambda: cluster.api.find(podgroups, "default", "demo"), what="PodGroup")
     group = cluster.api.get(podgroups, "default", "demo")
     assert group["spec"] == {"minMember": 2, "queue": "research"}
-    pod = cluster.pods()["demo-node-0"]
+    pod = await cluster.wait(lambda: cluster.pods().get("demo-node-0"), what="pods")
     assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "demo"
     assert pod["spec"]["schedulerName"] == "volcano"
     await cluster.wait(lambda: phase(cluster) == "Failed", timeout=30, what="Failed")
