@@ -55,6 +55,7 @@ class OperatorConfig:
 
 SERVICE_TTL_SECONDS = 30.0
 SCRAPE_TIMEOUT_SECONDS = 2.0
+SCRAPE_BACKOFF_CAP_SECONDS = 300.0
 
 
 def read_progress(url: str) -> Sample | None:
@@ -87,7 +88,8 @@ class Reconciler:
     # When each job's Service was last seen: it rarely goes away, so it is looked up
     # again only every SERVICE_TTL_SECONDS rather than on every reconcile.
     _services: dict[str, float] = field(default_factory=dict)
-    _scraped: dict[str, float] = field(default_factory=dict)  # job -> when progress was read
+    # job -> (when its progress was last read, how many reads in a row failed)
+    _scraped: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     def __call__(self, namespace: str, name: str) -> Plan | None:
         key = f"{namespace}/{name}"
@@ -152,7 +154,9 @@ class Reconciler:
         return plan
 
     def _sample(self, key: str, job: JobView, pods: list[PodView]) -> Sample | None:
-        """Node 0's progress, read at most once per progress_interval while it runs."""
+        """Node 0's progress, read at most once per progress_interval while it runs. An
+        endpoint that does not answer (a script without lightjob's runtime, a NetworkPolicy)
+        is read less and less often, up to every SCRAPE_BACKOFF_CAP_SECONDS."""
         if job.status.phase != "Running":
             self._scraped.pop(key, None)
             return None
@@ -160,13 +164,15 @@ class Reconciler:
             (p for p in pods if p.rank == 0 and p.attempt == job.status.attempt and p.running),
             None,
         )
-        last = self._scraped.get(key)
         if node0 is None or not node0.metrics_url:
             return None
-        if last is not None and time.monotonic() - last < self.progress_interval:
+        last, failures = self._scraped.get(key, (None, 0))
+        wait = min(self.progress_interval * 2**failures, SCRAPE_BACKOFF_CAP_SECONDS)
+        if last is not None and time.monotonic() - last < wait:
             return None
-        self._scraped[key] = time.monotonic()
-        return read_progress(node0.metrics_url)
+        sample = read_progress(node0.metrics_url)
+        self._scraped[key] = (time.monotonic(), 0 if sample is not None else failures + 1)
+        return sample
 
     def _service_exists(self, namespace: str, name: str, key: str) -> bool:
         seen = self._services.get(key)

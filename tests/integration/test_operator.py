@@ -4,6 +4,7 @@ stand-in: every scenario checks pods, status, conditions and events."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from tests.integration.conftest import JOBS, Cluster, OperatorRun
@@ -458,3 +459,60 @@ async def test_a_volcano_gang_that_cannot_be_placed_says_why_and_hits_its_deadli
     assert "pendingDeadlineSeconds=2" in status["message"]
     assert "pod group is not ready" in status["message"]
     assert any(e.startswith("Unschedulable:") for e in cluster.events())
+
+
+def test_an_endpoint_that_does_not_answer_is_read_less_and_less_often() -> None:
+    import http.server
+    import threading
+    import time
+
+    from lightjob.controller import observe_job, observe_pod
+    from lightjob.operator.handlers import Reconciler
+
+    hits = []
+
+    class Broken(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(time.monotonic())
+            self.send_error(503)
+
+        def log_message(self, *args: Any) -> None: ...
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = {**job(), "metadata": {"name": "demo", "namespace": "default", "uid": "u1"}}
+        body["status"] = {"phase": "Running", "attempt": 1, "replicas": 2}
+        pod = {
+            "metadata": {
+                "name": "demo-node-0",
+                "labels": {"lightjob.dev/node-rank": "0", "lightjob.dev/attempt": "1"},
+                "ownerReferences": [{"uid": "u1", "controller": True}],
+            },
+            "spec": {
+                "containers": [
+                    {
+                        "name": "trainer",
+                        "ports": [{"name": "metrics", "containerPort": server.server_port}],
+                    }
+                ]
+            },
+            "status": {
+                "podIP": "127.0.0.1",
+                "containerStatuses": [{"name": "trainer", "state": {"running": {}}}],
+            },
+        }
+        reconciler = Reconciler(client=None, backoff_base=1.0, progress_interval=0.05)  # type: ignore[arg-type]
+        view, node0 = observe_job(body), observe_pod(pod, "u1")
+        assert node0 is not None
+        deadline = time.monotonic() + 1.6
+        while time.monotonic() < deadline:
+            assert reconciler._sample("default/demo", view, [node0]) is None
+            time.sleep(0.01)
+        # Without back-off, 1.6 s at one read per 0.05 s would be 32 reads; doubling gives
+        # reads at about 0, 0.1, 0.3, 0.7 and 1.5 s.
+        assert 3 <= len(hits) <= 6, len(hits)
+        gaps = [b - a for a, b in itertools.pairwise(hits)]
+        assert gaps == sorted(gaps)
+    finally:
+        server.shutdown()
