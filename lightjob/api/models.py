@@ -233,6 +233,11 @@ class MetricsSpec(Model):
         le=65535,
         description="Port of local rank 0 (container port `metrics`); local rank i uses port + i.",
     )
+    status_metrics: list[str] = Field(
+        default_factory=list,
+        description="Logged metrics to copy into status.progress.metrics (the Loss column "
+        "takes the first); default: up to 8, loss-like names first.",
+    )
 
 
 class RunPolicy(Model):

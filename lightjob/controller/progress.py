@@ -80,13 +80,16 @@ def _unescape(value: str) -> str:
     return value.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
 
 
-def update(status: LightningJobStatus, sample: Sample, now: dt.datetime) -> None:
+def update(
+    status: LightningJobStatus, sample: Sample, now: dt.datetime, chosen: list[str] | None = None
+) -> None:
     """Fold a sample into status. lastSeenTime moves only when the step moved, so it says
-    when training was last seen making progress."""
+    when training was last seen making progress. `chosen` names the metrics to keep
+    (spec.metrics.statusMetrics); by default, up to MAX_METRICS, loss-like first."""
     if sample.step is None:
         return
     old = status.progress or Progress()
-    metrics = _chosen(sample.metrics)
+    metrics = _chosen(sample.metrics, chosen)
     moved = sample.step != old.step or old.last_seen_time is None
     status.progress = Progress(
         epoch=sample.epoch,
@@ -94,7 +97,7 @@ def update(status: LightningJobStatus, sample: Sample, now: dt.datetime) -> None
         max_steps=sample.max_steps,
         samples_per_second=_rounded(sample.samples_per_second),
         eta=_eta(sample) if moved else old.eta,
-        loss=headline(metrics),
+        loss=next(iter(metrics.values()), None) if chosen else headline(metrics),
         metrics=metrics,
         last_seen_time=now if moved else old.last_seen_time,
     )
@@ -115,10 +118,13 @@ def _order(name: str) -> tuple[bool, str]:
     return "loss" not in name.lower(), name  # loss-like names first, then by name
 
 
-def _chosen(metrics: dict[str, float]) -> dict[str, float]:
-    """At most MAX_METRICS, loss-like first, to 4 significant digits (status is for
-    people; Prometheus has the exact values)."""
-    names = sorted(metrics, key=_order)[:MAX_METRICS]
+def _chosen(metrics: dict[str, float], chosen: list[str] | None) -> dict[str, float]:
+    """The chosen names, or at most MAX_METRICS with loss-like names first; to 4
+    significant digits (status is for people; Prometheus has the exact values)."""
+    if chosen:
+        names = [n for n in chosen if n in metrics]
+    else:
+        names = sorted(metrics, key=_order)[:MAX_METRICS]
     return {n: float(f"{metrics[n]:.4g}") for n in names}
 
 

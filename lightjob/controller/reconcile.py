@@ -337,7 +337,7 @@ def _decide(
     if outcome.kind == "failed":
         return _failed(job, spec, status, pods, current, plan, now, outcome, backoff_base)
     if sample is not None and status.phase == "Running":
-        progress.update(status, sample, now)
+        progress.update(status, sample, now, spec.metrics.status_metrics)
     return _active(job, spec, status, current, plan, now, podgroup)
 
 

@@ -581,6 +581,11 @@ def test_node_zero_metrics_become_progress_and_the_last_checkpoint() -> None:
     stalled = dataclasses.replace(sample, samples_per_second=100.0)
     status = reconcile(observe_job(body), views, True, later, sample=stalled).status
     assert status is not None and status["progress"]["lastSeenTime"] == "2026-11-27T12:00:00Z"
+    # The job may choose which metrics reach status; the Loss column shows the first.
+    picky = job_body(running(), metrics={"statusMetrics": ["val_acc", "missing"]})
+    status = reconcile(observe_job(picky), views, True, NOW, sample=sample).status
+    assert status is not None
+    assert status["progress"]["metrics"] == {"val_acc": 0.5} and status["progress"]["loss"] == 0.5
     # Progress is read only while the gang runs.
     pending = job_body({**running(), "phase": "Pending"})
     status = reconcile(observe_job(pending), views[:1], True, NOW, sample=sample).status
