@@ -58,11 +58,15 @@ SCRAPE_TIMEOUT_SECONDS = 2.0
 SCRAPE_BACKOFF_CAP_SECONDS = 300.0
 
 
+# Pod IPs are reached directly, never through an HTTP(S)_PROXY set for the operator's pod.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def read_progress(url: str) -> Sample | None:
     """Node 0's metrics; None when it cannot be reached yet (not an error: status keeps
     the last progress seen, and when it was seen)."""
     try:
-        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_SECONDS) as response:
+        with _DIRECT.open(url, timeout=SCRAPE_TIMEOUT_SECONDS) as response:
             return parse(response.read().decode("utf-8", "replace"))
     except (OSError, ValueError) as err:
         log.debug("progress of %s not readable: %s", url, err)

@@ -7,6 +7,8 @@ import asyncio
 import itertools
 from typing import Any
 
+import pytest
+
 from tests.integration.conftest import JOBS, Cluster, OperatorRun
 
 
@@ -516,3 +518,36 @@ def test_an_endpoint_that_does_not_answer_is_read_less_and_less_often() -> None:
         assert gaps == sorted(gaps)
     finally:
         server.shutdown()
+
+
+def test_progress_is_read_from_the_pod_directly_even_behind_a_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import http.server
+    import threading
+
+    from lightjob.operator.handlers import read_progress
+
+    class Node0(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'lightjob_global_step 7\nlightjob_logged_metric{name="loss"} 0.5\n')
+
+        def log_message(self, *args: Any) -> None: ...
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Node0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # An operator pod with a corporate proxy in its env still reaches pod IPs directly.
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, "http://127.0.0.1:1")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        sample = read_progress(f"http://127.0.0.1:{server.server_port}/metrics")
+        assert sample is not None and sample.step == 7 and sample.metrics == {"loss": 0.5}
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Gone: not an error, just no progress this time.
+    assert read_progress(f"http://127.0.0.1:{server.server_port}/metrics") is None
