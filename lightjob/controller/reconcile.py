@@ -190,7 +190,7 @@ def observe_pod(pod: dict[str, Any], job_uid: str) -> PodView | None:
         disrupted=disrupted,
         unschedulable=unschedulable,
         message=(terminated or {}).get("message") or "",
-        metrics_url=f"http://{ip}:{metrics_port}/metrics" if ip and metrics_port else "",
+        metrics_url=f"http://{_host(ip)}:{metrics_port}/metrics" if ip and metrics_port else "",
     )
 
 
@@ -208,6 +208,10 @@ def observe_podgroup(body: dict[str, Any] | None) -> PodGroupView | None:
     if waiting is not None:
         reason = waiting.get("message") or waiting.get("reason") or "Unschedulable"
     return PodGroupView(spec=dict(body.get("spec") or {}), unschedulable=reason)
+
+
+def _host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip  # an IPv6 address, in a URL
 
 
 def backoff_delay(restarts: int, base: float) -> float:

@@ -2,8 +2,8 @@
 
 Metrics are served on LIGHTJOB_METRICS_PORT + the local rank. Nothing here runs per step. The Trainer hands numbers over at its logging cadence
 (log_every_n_steps) and after checkpoint saves, as plain assignments under a lock.
-Logged scalars stay tensors until a scrape reads them, so the training loop never
-waits on the GPU for them. One HTTP server per process (a prometheus_client daemon
+The scalars are the values the loggers read at that step anyway, and the CUDA
+memory figures are allocator counters, so serving adds no device synchronisation. One HTTP server per process (a prometheus_client daemon
 thread with its own registry) serves whichever Trainer ran last.
 """
 
@@ -159,15 +159,19 @@ def serve(telemetry: Telemetry, local_rank: int) -> tuple[str, int] | None:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_current)
-    try:
-        start_http_server(port, addr=address or "0.0.0.0", registry=registry)
-    except OSError as err:
-        log.warning(
-            "lightjob: cannot serve metrics on %s:%d (%s); metrics are off", address, port, err
-        )
-        return None
-    _served = (address or "0.0.0.0", port)
-    return _served
+    # Without an address: every interface, IPv6 and IPv4 ("::" is dual-stack on Linux), or
+    # IPv4 only where the kernel has no IPv6.
+    error: OSError | None = None
+    for candidate in [address] if address else ["::", "0.0.0.0"]:
+        try:
+            start_http_server(port, addr=candidate, registry=registry)
+        except OSError as err:
+            error = err
+            continue
+        _served = (candidate, port)
+        return _served
+    log.warning("lightjob: cannot serve metrics on port %d (%s); metrics are off", port, error)
+    return None
 
 
 # -- logs -----------------------------------------------------------------------------------------

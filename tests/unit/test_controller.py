@@ -555,6 +555,8 @@ def test_node_zero_metrics_become_progress_and_the_last_checkpoint() -> None:
     node0 = observe_pod(with_endpoint(pod(0)), UID)
     assert node0 is not None and node0.metrics_url == "http://10.0.0.5:9090/metrics"
     assert observe_pod(pod(0), UID).metrics_url == ""  # type: ignore[union-attr]
+    ipv6 = observe_pod(with_endpoint(pod(0), ip="fd00::5"), UID)
+    assert ipv6 is not None and ipv6.metrics_url == "http://[fd00::5]:9090/metrics"
 
     sample = parse(metrics_text(step=200, loss=0.4321, checkpoint_step=150))
     assert (sample.step, sample.epoch, sample.max_steps) == (200, 1, 1000)
