@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # End to end on a real cluster, for a machine with Docker, kind, kubectl and helm.
 # Creates a kind cluster, builds and loads both images, installs the chart, runs the digits
-# example on 2 nodes, deletes a pod to simulate a preemption, waits for Succeeded, and says
-# PASS or FAIL. The cluster is deleted at the end unless KEEP_CLUSTER=1.
+# example on 2 nodes, checks that its progress reaches status, deletes a pod to simulate a
+# preemption, waits for Succeeded, and says PASS or FAIL. The cluster is deleted at the end unless KEEP_CLUSTER=1.
 set -euo pipefail
 
 cluster="${CLUSTER:-lightjob-e2e}"
@@ -33,11 +33,12 @@ kind load docker-image --name "$cluster" "lightjob/operator:$tag" "lightjob/runt
 
 log "installing the chart"
 helm install lightjob "$root/charts/lightjob" -n lightjob-system --create-namespace --wait \
-  --set image.repository=lightjob/operator --set image.tag="$tag" --set image.pullPolicy=Never
+  --set image.repository=lightjob/operator --set image.tag="$tag" --set image.pullPolicy=Never \
+  --set operator.progressInterval=2 --set operator.interval=2
 
-log "applying the digits example on 2 nodes"
-sed -e "s|image: .*|image: lightjob/runtime:$tag|" "$root/examples/digits/lightningjob.yaml" \
-  | kubectl apply -n "$namespace" -f -
+log "applying the digits example on 2 nodes (150 epochs, long enough to watch)"
+sed -e "s|image: .*|image: lightjob/runtime:$tag|" -e 's|value: "30"|value: "150"|' \
+  "$root/examples/digits/lightningjob.yaml" | kubectl apply -n "$namespace" -f -
 
 wait_for_phase() {
   local want="$1" seconds="$2" phase=""
@@ -51,7 +52,16 @@ wait_for_phase() {
 }
 
 wait_for_phase Running 300 || fail "the job did not start"
-sleep 5
+log "waiting for training progress in the job's status (read from node 0's metrics)"
+seen=""
+for _ in $(seq 90); do
+  seen="$(kubectl get lj digits -n "$namespace" \
+    -o jsonpath='{.status.phase}/{.status.progress.step}' 2>/dev/null || true)"
+  case "$seen" in Running/[0-9]*) break ;; esac
+  sleep 1
+done
+case "$seen" in Running/[0-9]*) ;; *) fail "no progress in status while running (saw $seen)" ;; esac
+kubectl get lj digits -n "$namespace"
 log "deleting digits-node-1, as a preemption would"
 kubectl delete pod digits-node-1 -n "$namespace" --wait=false
 wait_for_phase Succeeded 600 || fail "the job did not succeed"
