@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -551,3 +552,92 @@ def test_progress_is_read_from_the_pod_directly_even_behind_a_proxy(
         server.server_close()
     # Gone: not an error, just no progress this time.
     assert read_progress(f"http://127.0.0.1:{server.server_port}/metrics") is None
+
+
+def test_the_operator_command_logs_one_json_object_per_decision(tmp_path: Path) -> None:
+    """`lightjob operator --log-format json` as the chart runs it, against the emulator in a
+    process of its own: each line is JSON, a decision carries job, attempt and reason."""
+    import json
+    import os
+    import queue
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import kubernetes
+
+    from lightjob.runtime.distributed import find_free_port
+    from tests.integration.conftest import write_kubeconfig
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.emulator"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    operator = None
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split()[1]
+        env["KUBECONFIG"] = write_kubeconfig(tmp_path / "kubeconfig", url)
+        command = ["operator", "-n", "default", "--log-format", "json", "--interval", "1"]
+        operator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lightjob.cli",
+                *command,
+                "--metrics-port",
+                str(find_free_port()),
+            ],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: [lines.put(line) for line in operator.stdout],
+            daemon=True,  # type: ignore[union-attr]
+        ).start()
+        client = kubernetes.config.new_client_from_config(config_file=env["KUBECONFIG"])
+        kubernetes.client.CustomObjectsApi(client).create_namespaced_custom_object(
+            "lightjob.dev", "v1alpha1", "default", "lightningjobs", job()
+        )
+        seen: list[str] = []
+        decisions: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            d["reason"] == "AllNodesRunning" for d in decisions
+        ):
+            try:
+                line = lines.get(timeout=1).strip()
+            except queue.Empty:
+                continue
+            seen.append(line)
+            record = json.loads(line)  # every line, kopf's own included
+            if "decision" in record:
+                decisions.append(record["decision"])
+        assert decisions, "\n".join(seen[-20:])
+        first = decisions[0]
+        assert (first["job"], first["attempt"], first["reason"]) == (
+            "default/demo",
+            1,
+            "AttemptStarted",
+        )
+        assert first["created"] == 3 and "AttemptStarted" in first["events"]
+        assert any(d["reason"] == "AllNodesRunning" for d in decisions), decisions
+    finally:
+        for process in (operator, server):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
