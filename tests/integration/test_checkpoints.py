@@ -172,7 +172,9 @@ def test_killed_between_data_and_pointer_resumes_from_the_pointer(tmp_path: Path
     assert start.step == 8 and trainer.ckpt_path == f"{uri}/step-0000000008.ckpt"
 
 
-@pytest.mark.parametrize("damage", ["corrupt pointer", "delete newest", "garbage newest"])
+@pytest.mark.parametrize(
+    "damage", ["corrupt pointer", "delete newest", "garbage newest", "bit flip in newest"]
+)
 def test_a_damaged_newest_checkpoint_falls_back_to_the_last_good_one(
     tmp_path: Path, s3: S3, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -185,8 +187,12 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_last_good_one(
         fs.rm_file(newest)  # and the object it would fall back to first
     elif damage == "delete newest":
         fs.rm_file(newest)
-    else:
+    elif damage == "garbage newest":
         fs.pipe_file(newest, b"\x80\x04 definitely not a checkpoint")
+    else:  # the same size, and torch.load would read it: only the CRC32 tells
+        data = bytearray(fs.cat_file(newest))
+        data[len(data) // 2] ^= 0xFF
+        fs.pipe_file(newest, bytes(data))
     with caplog.at_level("WARNING", logger="lightjob"):
         trainer, start = fit(tmp_path, uri, max_steps=10)
     assert start.step == 4, caplog.text
