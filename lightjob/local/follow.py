@@ -1,7 +1,7 @@
 """`lightjob run JOB.yaml --kube`: apply the job to the kubeconfig's cluster and follow it.
 
-Creates the LightningJob (or updates its spec), prints its phase changes and events and
-node 0's log as it goes, and exits with its result: 0 Succeeded, 1 Failed. Ctrl-C stops
+Creates the LightningJob (or updates its spec), prints its phase changes, training progress
+(status.progress, as the operator reads it from node 0), events and node 0's log as it goes, and exits with its result: 0 Succeeded, 1 Failed. Ctrl-C stops
 following; the job keeps running on the cluster.
 """
 
@@ -59,6 +59,7 @@ def follow(
             return 2
     logs = _LogFollower(core, namespace, f"{name}-node-0", out)
     last: tuple[Any, ...] = ()
+    last_progress = ""
     seen_events: set[str] = set()
     try:
         while True:
@@ -73,6 +74,10 @@ def follow(
                     f"lightjob: {name}: {status.get('phase', 'Pending')} attempt {status.get('attempt', 0)}"
                     f" nodes {status.get('nodes', '-')} {status.get('message', '')}\n"
                 )
+            progress = progress_line(status)
+            if progress and progress != last_progress:
+                last_progress = progress
+                out.write(f"lightjob: {name}: {progress}\n")
             _print_events(core, namespace, name, seen_events, out)
             logs.ensure(str(status.get("attempt")))
             if status.get("phase") in ("Succeeded", "Failed"):
@@ -86,6 +91,26 @@ def follow(
         return 130
     finally:
         logs.stop()
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    """status.progress and lastCheckpoint in one line: "step 240/690, loss 0.4124, 1.2e+03
+    samples/s, ETA 38s, checkpoint at step 200"; empty before any progress."""
+    progress = status.get("progress") or {}
+    if progress.get("step") is None or status.get("phase") != "Running":
+        return ""
+    total = f"/{progress['maxSteps']}" if progress.get("maxSteps") else ""
+    parts = [f"step {progress['step']}{total}"]
+    if progress.get("loss") is not None:
+        parts.append(f"loss {progress['loss']:.4g}")
+    if progress.get("samplesPerSecond"):
+        parts.append(f"{progress['samplesPerSecond']:.3g} samples/s")
+    if progress.get("eta"):
+        parts.append(f"ETA {progress['eta']}")
+    checkpoint = status.get("lastCheckpoint") or {}
+    if checkpoint.get("step") is not None:
+        parts.append(f"checkpoint at step {checkpoint['step']}")
+    return ", ".join(parts)
 
 
 def _print_events(core: Any, namespace: str, name: str, seen: set[str], out: TextIO) -> None:

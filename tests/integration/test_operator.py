@@ -327,10 +327,23 @@ async def test_lightjob_run_kube_applies_and_follows_to_the_end(
     out = io.StringIO()
     following = asyncio.create_task(asyncio.to_thread(follow, str(path), None, out, 0.2))
     await cluster.wait(lambda: phase(cluster) == "Running", what="Running")
+    # What the operator writes once it has read node 0's metrics (kept by later reconciles).
+    progress = {"step": 240, "maxSteps": 690, "loss": 0.41239, "eta": "38s"}
+    checkpoint = {"uri": "s3://b/demo/step-200.ckpt", "step": 200}
+    cluster.api.update(
+        JOBS,
+        "default",
+        "demo",
+        "status",
+        {"status": {"progress": progress, "lastCheckpoint": checkpoint}},
+    )
+    line = "lightjob: demo: step 240/690, loss 0.4124, ETA 38s, checkpoint at step 200"
+    await cluster.wait(lambda: line in out.getvalue(), what="the progress line")
     cluster.kubelet.exit("demo-node-0", 0)
     code = await asyncio.wait_for(following, timeout=30)
     assert code == 0, out.getvalue()
     text = out.getvalue()
+    assert text.count(line) == 1  # printed when it changes, not on every poll
     assert "lightjob: created default/demo" in text and "lightjob: demo Succeeded" in text
     assert "AttemptStarted: attempt 1 started on 2 nodes" in text
 
