@@ -58,18 +58,24 @@ def owner_reference(job: str, uid: str) -> dict[str, Any]:
     }
 
 
+def job_metadata(job: str, namespace: str, uid: str) -> dict[str, Any]:
+    """Metadata of an object that belongs to the whole job (its Service, its PodGroup):
+    named after it, and deleted with it."""
+    return {
+        "name": job,
+        "namespace": namespace,
+        "labels": {JOB_LABEL: job, **MANAGED_BY},
+        "ownerReferences": [owner_reference(job, uid)],
+    }
+
+
 def build_service(job: str, namespace: str, uid: str, spec: LightningJobSpec) -> Manifest:
     """The headless Service that gives each pod `<pod>.<job>.<ns>.svc`; not-ready pods are
     published too, since ranks must find node 0 before any of them is ready."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": job,
-            "namespace": namespace,
-            "labels": {JOB_LABEL: job, **MANAGED_BY},
-            "ownerReferences": [owner_reference(job, uid)],
-        },
+        "metadata": job_metadata(job, namespace, uid),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -311,11 +317,6 @@ def build_podgroup(job: str, namespace: str, uid: str, spec: LightningJobSpec) -
     return {
         "apiVersion": PODGROUP_API[provider],
         "kind": "PodGroup",
-        "metadata": {
-            "name": job,
-            "namespace": namespace,
-            "labels": {JOB_LABEL: job, **MANAGED_BY},
-            "ownerReferences": [owner_reference(job, uid)],
-        },
+        "metadata": job_metadata(job, namespace, uid),
         "spec": group_spec,
     }
