@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, for a lent GPU machine (CI never needs one; see README "GPU figures").
 # NCCL DDP, bf16-mixed and 16-mixed on one GPU, with throughput against a hand-written loop
-# and PyTorch Lightning (installed on the machine). Under 5 minutes on an H100.
+# and PyTorch Lightning (installed on the machine), with lightjob serving its Prometheus
+# metrics as under the operator (CUDA memory gauges printed at the end). Under 5 minutes.
 #
 #   bash benchmarks/gpu_check.sh            # prints the table; copy it into the README
 set -euo pipefail

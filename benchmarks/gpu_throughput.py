@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import socket
 import statistics
 import tempfile
 import time
+import urllib.request
 from typing import Any
 
 import torch
@@ -125,6 +127,11 @@ def main() -> None:
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    # lightjob runs as under the operator: serving its Prometheus metrics (issue 9).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics_port = sock.getsockname()[1]
+    os.environ.update(LIGHTJOB_METRICS_PORT=str(metrics_port), LIGHTJOB_POD_IP="127.0.0.1")
     import lightjob
 
     try:
@@ -153,6 +160,15 @@ def main() -> None:
     for precision, name, value in table:
         base = next(v for p, n, v in table if p == precision and n == "raw loop")
         print(f"{precision:<12}{name:<20}{value:>12.0f}{value / base:>8.3f}x")
+
+    # The endpoint lightjob served meanwhile, CUDA memory gauges included.
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        served = [
+            line
+            for line in r.read().decode().splitlines()
+            if line.startswith(("lightjob_cuda_memory", "lightjob_global_step", "lightjob_samples"))
+        ]
+    print("\nlightjob metrics (served during the lightjob runs):", *served, sep="\n  ")
 
 
 if __name__ == "__main__":
