@@ -379,6 +379,15 @@ SPEC_RULES = [
         lambda s: s.max_nodes is None or s.num_nodes <= s.max_nodes,
         {"numNodes": lambda s: s.num_nodes, "maxNodes": lambda s: s.max_nodes},
     ),
+    SpecRule(
+        "(has(self.metrics) && has(self.metrics.enabled) && !self.metrics.enabled)"
+        " || (has(self.metrics) && has(self.metrics.port) ? self.metrics.port : "
+        f"{DEFAULT_METRICS_PORT}) != (has(self.rendezvous) && has(self.rendezvous.port)"
+        f" ? self.rendezvous.port : {DEFAULT_RENDEZVOUS_PORT})",
+        "spec.metrics.port must differ from spec.rendezvous.port",
+        lambda s: not s.metrics.enabled or s.metrics.port != s.rendezvous.port,
+        {"metrics.port": lambda s: s.metrics.port, "rendezvous.port": lambda s: s.rendezvous.port},
+    ),
     # Only an integer GPU limit is checked: CEL cannot parse a quantity string portably.
     SpecRule(
         "!has(self.devicesPerNode) || type(self.devicesPerNode) == string"

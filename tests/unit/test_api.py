@@ -116,6 +116,7 @@ VALID = [
     ),
 ]
 
+VALID.append(job_doc(rendezvous={"port": 9090}, metrics={"enabled": False}))
 VALID.append(
     yaml.safe_load((Path(__file__).parents[2] / "examples/gpu/lightningjob.yaml").read_text())
 )
@@ -146,6 +147,13 @@ INVALID = [
     ({**job_doc(), "metadata": {"name": "Bad_Name"}}, "metadata.name", "pattern"),
     ({k: v for k, v in job_doc().items() if k != "spec"}, "spec", "required field is missing"),
     (job_doc(scheduling={"provider": "kueue"}), "spec.scheduling.provider", "'coscheduling'"),
+    (job_doc(metrics={"port": 29500}), "spec.metrics.port", "differ from spec.rendezvous.port"),
+    (
+        job_doc(metrics={"port": 9000}, rendezvous={"port": 9000}),
+        "spec.metrics.port",
+        "differ from spec.rendezvous.port",
+    ),
+    (job_doc(rendezvous={"port": 9090}), "spec.metrics.port", "differ from spec.rendezvous.port"),
     (job_doc(nccl={"debug": "LOUD"}), "spec.nccl.debug", "'WARN'"),
     (job_doc(sharedMemorySize=""), "spec.sharedMemorySize", "Kubernetes quantity"),
     (
