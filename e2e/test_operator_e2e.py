@@ -23,6 +23,7 @@ from tests.emulator import Emulator
 from tests.integration.conftest import JOBS, Cluster, OperatorRun, write_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 80  # 23 steps each: long enough to watch the resumed attempt's progress
 
 
 @pytest.fixture
@@ -53,8 +54,8 @@ async def test_apply_train_preempt_resume_succeed(
 ) -> None:
     cluster = cluster_with_local_kubelet
     job = yaml.safe_load((ROOT / "examples" / "digits" / "lightningjob.yaml").read_text())
-    job["spec"]["env"] = [{"name": "EPOCHS", "value": "25"}]
-    job["spec"]["checkpoint"] = {"uri": s3.uri("e2e"), "everyNSteps": 60, "keep": 5}
+    job["spec"]["env"] = [{"name": "EPOCHS", "value": str(EPOCHS)}]
+    job["spec"]["checkpoint"] = {"uri": s3.uri("e2e"), "everyNSteps": 200, "keep": 5}
     client = kubernetes.config.new_client_from_config(config_file=cluster.kubeconfig)
     custom = kubernetes.client.CustomObjectsApi(client)
     await asyncio.to_thread(
@@ -80,29 +81,7 @@ async def test_apply_train_preempt_resume_succeed(
         return json.loads(fs.cat_file(f"{s3.bucket}/e2e/latest.json"))
 
     await cluster.wait(lambda: status().get("phase") == "Running", timeout=60, what="Running")
-    # Progress comes from node 0's metrics endpoint, read by the operator while it trains.
-    first = await cluster.wait(
-        lambda: (status().get("progress") or {}).get("step"), timeout=60, what="progress"
-    )
-    await cluster.wait(
-        lambda: (status().get("progress") or {}).get("step", 0) > first,
-        timeout=60,
-        what="the step to advance",
-    )
-    progress = status()["progress"]
-    assert progress["maxSteps"] == 25 * 23 and progress["loss"] > 0 and progress["eta"]
-    assert "train_loss" in progress["metrics"] and progress["samplesPerSecond"] > 0
-    assert status()["phase"] == "Running"
-    # lastCheckpoint names the object the runtime made durable in S3.
     await cluster.wait(checkpointed, timeout=90, what="a first checkpoint")
-    await cluster.wait(
-        lambda: (status().get("lastCheckpoint") or {}).get("uri") == pointer()["uri"],
-        timeout=60,
-        what="status.lastCheckpoint to match latest.json",
-    )
-    last = status()["lastCheckpoint"]
-    with fsspec.open(last["uri"], "rb") as stored:
-        assert torch.load(stored, weights_only=False)["global_step"] == last["step"]
     pod = cluster.api.get("v1/pods", "default", "digits-node-1")  # evicted, as by the eviction API
     conditions = [
         *(pod.get("status") or {}).get("conditions", []),
@@ -118,10 +97,41 @@ async def test_apply_train_preempt_resume_succeed(
     )
     cluster.api.delete("v1/pods", "default", "digits-node-1")
 
+    # The resumed attempt: progress comes from node 0's metrics endpoint, read by the
+    # operator while it trains.
+    await cluster.wait(
+        lambda: status().get("attempt") == 2 and status().get("phase") == "Running",
+        timeout=60,
+        what="the second attempt running",
+    )
+    first = await cluster.wait(
+        lambda: (status().get("progress") or {}).get("step"), timeout=60, what="progress"
+    )
+    await cluster.wait(
+        lambda: (status().get("progress") or {}).get("step", 0) > first,
+        timeout=60,
+        what="the step to advance",
+    )
+    progress = status()["progress"]
+    assert progress["maxSteps"] == EPOCHS * 23 and progress["loss"] > 0 and progress["eta"]
+    assert "train_loss" in progress["metrics"] and progress["samplesPerSecond"] > 0
+    assert status()["phase"] == "Running"
+    # lastCheckpoint names the object the runtime made durable in S3.
+    await cluster.wait(
+        lambda: (status().get("lastCheckpoint") or {}).get("uri") == pointer()["uri"],
+        timeout=60,
+        what="status.lastCheckpoint to match latest.json",
+    )
+    last = status()["lastCheckpoint"]
+    with fsspec.open(last["uri"], "rb") as stored:
+        assert torch.load(stored, weights_only=False)["global_step"] == last["step"]
+
     await cluster.wait(lambda: status().get("phase") == "Succeeded", timeout=180, what="Succeeded")
     final = status()
     assert (final["preemptions"], final["restarts"], final["attempt"]) == (1, 0, 2)
-    assert final["progress"]["step"] == 25 * 23 and final["progress"]["metrics"]["val_acc"] > 0.9
+    assert (
+        final["progress"]["step"] == EPOCHS * 23 and final["progress"]["metrics"]["val_acc"] > 0.9
+    )
 
     def reasons() -> set[str]:
         return {e.get("reason") for e in cluster.api.list("v1/events", "default")["items"]}
@@ -131,4 +141,4 @@ async def test_apply_train_preempt_resume_succeed(
     )  # posted async
     fs = fsspec.filesystem("s3")
     fs.invalidate_cache()
-    assert json.loads(fs.cat_file(f"{s3.bucket}/e2e/latest.json"))["step"] == 25 * 23
+    assert json.loads(fs.cat_file(f"{s3.bucket}/e2e/latest.json"))["step"] == EPOCHS * 23
