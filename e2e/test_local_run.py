@@ -31,20 +31,17 @@ def digits_job(tmp_path: Path, epochs: int = 20, **spec: Any) -> Path:
     return path
 
 
+def run_command(job: Path, tmp_path: Path, *args: str) -> list[str]:
+    """`lightjob run JOB` with its runs folder under tmp_path."""
+    runs = str(tmp_path / "runs")
+    return [sys.executable, "-m", "lightjob.cli", "run", str(job), "--runs-dir", runs, *args]
+
+
 def lightjob_run(
     job: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lightjob.cli",
-            "run",
-            str(job),
-            "--runs-dir",
-            str(tmp_path / "runs"),
-            *args,
-        ],
+        run_command(job, tmp_path, *args),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -110,15 +107,7 @@ def test_a_resize_from_two_to_three_nodes_continues_and_finishes(tmp_path: Path)
         tmp_path, epochs=40, checkpoint={"uri": str(tmp_path / "ckpt"), "everyNSteps": 20}
     )
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lightjob.cli",
-            "run",
-            str(job),
-            "--runs-dir",
-            str(tmp_path / "runs"),
-        ],
+        run_command(job, tmp_path),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

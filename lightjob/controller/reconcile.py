@@ -91,6 +91,10 @@ class Plan:
     delete_job: bool = False  # ttlSecondsAfterFinished has passed
     reason: str = ""  # why the job stands where it does (the condition's reason), for logs
 
+    def delete_pods(self, pods: list[PodView]) -> None:
+        """Delete these pods, except those already going or already in the plan."""
+        self.delete += [p.name for p in pods if not p.deleting and p.name not in self.delete]
+
     @property
     def is_empty(self) -> bool:
         return not (
@@ -265,7 +269,7 @@ def _decide(
     if job.spec is None:
         if status.phase not in TERMINAL:
             _finish(status, plan, now, "Failed", "InvalidSpec", f"invalid spec: {job.spec_error}")
-        plan.delete += [p.name for p in pods if not p.deleting]
+        plan.delete_pods(pods)
         return _complete(job, status, plan, now, reason="InvalidSpec")
     spec = job.spec
     if status.phase in TERMINAL:
@@ -283,7 +287,7 @@ def _decide(
         status.attempt, status.phase, status.replicas = attempt, "Pending", spec.num_nodes
         status.attempt_start_time = status.attempt_start_time or now
     current = [p for p in pods if p.attempt == attempt]
-    plan.delete += [p.name for p in pods if p.attempt != attempt and not p.deleting]
+    plan.delete_pods([p for p in pods if p.attempt != attempt])
 
     deadline = spec.run_policy.active_deadline_seconds
     if deadline and status.start_time and (now - status.start_time).total_seconds() > deadline:
@@ -324,11 +328,7 @@ def _decide(
             return _settle(job, spec, status, pods, plan, now, "Resizing")
         added = _resize_elastic(job, spec, status, current, plan)
     # A pod beyond the gang's size (left by an interrupted plan) has no place in it.
-    plan.delete += [
-        p.name
-        for p in current
-        if p.rank >= status.replicas and not p.deleting and p.name not in plan.delete
-    ]
+    plan.delete_pods([p for p in current if p.rank >= status.replicas])
 
     outcome = _classify(current, status.replicas, status.phase, added)
     if outcome.kind == "succeeded":
@@ -358,7 +358,7 @@ def _resize_elastic(
             "Normal", "Resized", f"elastic resize from {status.replicas} to {spec.num_nodes} nodes"
         )
     )
-    plan.delete += [p.name for p in current if p.rank >= spec.num_nodes and not p.deleting]
+    plan.delete_pods([p for p in current if p.rank >= spec.num_nodes])
     existing = {p.rank for p in current}
     added = [r for r in range(status.replicas, spec.num_nodes) if r not in existing]
     plan.create += [
@@ -598,7 +598,7 @@ def _restart(
 ) -> None:
     """Tear the gang down; the next attempt starts once it is gone, and not before `at`."""
     plan.create = [m for m in plan.create if m["kind"] != "Pod"]  # e.g. an elastic addition
-    plan.delete += [p.name for p in current if not p.deleting and p.name not in plan.delete]
+    plan.delete_pods(current)
     status.phase, status.next_attempt_time, status.message = "Restarting", at, message
     status.ready_nodes = 0
 
@@ -627,7 +627,7 @@ def _next_attempt(
     now: dt.datetime,
 ) -> Plan:
     """Between attempts: wait for the old gang to go and for the back-off, then start."""
-    plan.delete += [p.name for p in pods if not p.deleting and p.name not in plan.delete]
+    plan.delete_pods(pods)
     if pods:
         status.message = status.message or "waiting for the previous attempt's pods to stop"
         return _complete(job, status, plan, now, reason="Restarting")
@@ -662,7 +662,7 @@ def _suspend(
     now: dt.datetime,
 ) -> Plan:
     """Graceful stop: pods get SIGTERM (the runtime checkpoints), then the job waits."""
-    plan.delete += [p.name for p in pods if not p.deleting and p.name not in plan.delete]
+    plan.delete_pods(pods)
     if status.phase != "Suspended":
         plan.events.append(Event("Normal", "Suspended", "suspended: stopping all nodes"))
     status.phase, status.ready_nodes = "Suspended", 0
@@ -688,10 +688,14 @@ def _clean_up(spec: LightningJobSpec, pods: list[PodView], plan: Plan) -> None:
     policy = spec.run_policy.clean_pod_policy
     if policy == "None":
         return
-    for pod in pods:
-        finished = pod.exit_code is not None or pod.phase in ("Succeeded", "Failed")
-        if not pod.deleting and pod.name not in plan.delete and (policy == "All" or not finished):
-            plan.delete.append(pod.name)
+    plan.delete_pods(
+        [
+            pod
+            for pod in pods
+            if policy == "All"
+            or (pod.exit_code is None and pod.phase not in ("Succeeded", "Failed"))
+        ]
+    )
 
 
 def _expire(

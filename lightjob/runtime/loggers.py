@@ -81,29 +81,21 @@ def _write_hparams(log_dir: str, params: Any) -> None:
         yaml.safe_dump(plain, out)
 
 
-class CSVLogger(Logger):
-    """Metrics to `<save_dir>/<name>/version_<n>/metrics.csv`; needs no extra package.
-
-    Rows are buffered and written every `flush_logs_every_n_steps` logging calls; a new
-    metric name rewrites the file with the wider header.
-    """
+class _FileLogger(Logger):
+    """A logger writing under `<save_dir>/<name>/version_<n>`: the next free version unless
+    one is given."""
 
     def __init__(
         self,
-        save_dir: str = ".",
-        name: str = "lightning_logs",
-        version: int | str | None = None,
-        prefix: str = "",
-        flush_logs_every_n_steps: int = 100,
+        save_dir: str | os.PathLike[str],
+        name: str | None,
+        version: int | str | None,
+        prefix: str,
     ) -> None:
         self._save_dir = os.fspath(save_dir)
         self._name = name or ""
         self._version = version
         self._prefix = prefix
-        self._flush_every = flush_logs_every_n_steps
-        self._rows: list[dict[str, Any]] = []
-        self._header: list[str] = []
-        self._written = 0  # rows already on disk
 
     @property
     def name(self) -> str:
@@ -118,6 +110,28 @@ class CSVLogger(Logger):
         if self._version is None:
             self._version = _next_version(os.path.join(self._save_dir, self._name))
         return self._version
+
+
+class CSVLogger(_FileLogger):
+    """Metrics to `<save_dir>/<name>/version_<n>/metrics.csv`; needs no extra package.
+
+    Rows are buffered and written every `flush_logs_every_n_steps` logging calls; a new
+    metric name rewrites the file with the wider header.
+    """
+
+    def __init__(
+        self,
+        save_dir: str = ".",
+        name: str = "lightning_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        super().__init__(save_dir, name, version, prefix)
+        self._flush_every = flush_logs_every_n_steps
+        self._rows: list[dict[str, Any]] = []
+        self._header: list[str] = []
+        self._written = 0  # rows already on disk
 
     @property
     def metrics_file_path(self) -> str:
@@ -156,7 +170,7 @@ class CSVLogger(Logger):
         self._written = len(self._rows)
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(_FileLogger):
     """Metrics as TensorBoard event files; needs the `tensorboard` package."""
 
     def __init__(
@@ -175,26 +189,9 @@ class TensorBoardLogger(Logger):
                 "(or use the default CSVLogger)"
             ) from err
         self._writer_class = SummaryWriter
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
-        self._prefix = prefix
+        super().__init__(save_dir, name, version, prefix)
         self._kwargs = kwargs
         self._writer: Any = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(os.path.join(self._save_dir, self._name))
-        return self._version
 
     @property
     def experiment(self) -> Any:

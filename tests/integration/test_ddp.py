@@ -210,40 +210,30 @@ def test_a_failing_rank_stops_the_whole_run_within_seconds(tmp_path: Path, faili
     assert no_process_mentions(str(tmp_path))
 
 
-def test_a_peer_that_never_starts_is_a_clear_timeout(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("node_rank", "message"),
+    [
+        # Node 0 waits for a peer that never starts...
+        ("0", "rendezvous at 127.0.0.1:{port} timed out after 3s: rank(s) 1 of 2 never arrived"),
+        # ...and node 1 waits for a node 0 that never starts.
+        ("1", "rank 1 could not reach the rendezvous at 127.0.0.1:{port}"),
+    ],
+)
+def test_a_missing_peer_is_a_clear_timeout(tmp_path: Path, node_rank: str, message: str) -> None:
     port = str(find_free_port())
     proc = start(
         [sys.executable, "-m", "tests.integration.ddp_script", str(tmp_path), "--devices", "1"],
         base_env(
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=port,
-            NODE_RANK="0",
+            NODE_RANK=node_rank,
             WORLD_SIZE="2",
             LIGHTJOB_RENDEZVOUS_TIMEOUT="3",
         ),
     )
     output = finish(proc, timeout=60)
     assert proc.returncode != 0
-    assert (
-        f"rendezvous at 127.0.0.1:{port} timed out after 3s: rank(s) 1 of 2 never arrived" in output
-    )
-
-
-def test_node_zero_that_never_starts_is_a_clear_timeout(tmp_path: Path) -> None:
-    port = str(find_free_port())
-    proc = start(
-        [sys.executable, "-m", "tests.integration.ddp_script", str(tmp_path), "--devices", "1"],
-        base_env(
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            NODE_RANK="1",
-            WORLD_SIZE="2",
-            LIGHTJOB_RENDEZVOUS_TIMEOUT="3",
-        ),
-    )
-    output = finish(proc, timeout=60)
-    assert proc.returncode != 0
-    assert f"rank 1 could not reach the rendezvous at 127.0.0.1:{port}" in output
+    assert message.format(port=port) in output
 
 
 @pytest.mark.parametrize(
