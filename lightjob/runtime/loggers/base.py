@@ -13,6 +13,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
 
 from lightjob.runtime.distributed import rank_zero_only
@@ -74,6 +75,43 @@ class Logger(ABC):
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:  # noqa: B027 (a hook: doing nothing is its default)
         """A ModelCheckpoint has just saved a checkpoint."""
+
+
+class FolderLogger(Logger):
+    """A logger that writes under `<save_dir>/<name>/<version>`: `name` None or "" adds no
+    folder; `version` None is one past the highest `version_<n>` there, an int `n` is
+    `version_<n>`, a string is the folder's name."""
+
+    def __init__(
+        self, save_dir: str | os.PathLike[str], name: str | None, version: int | str | None
+    ) -> None:
+        self._save_dir = os.fspath(save_dir)
+        self._name = name or ""
+        self._version = version
+        self._fs, _ = fsspec.core.url_to_fs(self._save_dir)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            self._version = next_version(self._fs, self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return os.path.join(self.save_dir, self.name)
+
+    @property
+    def log_dir(self) -> str:
+        version = self.version if isinstance(self.version, str) else f"version_{self.version}"
+        return os.path.join(self.root_dir, version)
 
 
 class DummyExperiment:
@@ -204,3 +242,9 @@ def checkpoint_settings(checkpoint_callback: Any) -> dict[str, Any]:
     if hasattr(checkpoint_callback, "every_n_train_steps"):
         settings["_every_n_train_steps"] = checkpoint_callback.every_n_train_steps
     return settings
+
+
+def logs_checkpoint_now(log_model: bool | str, checkpoint_callback: Any) -> bool:
+    """`log_model="all"` logs each checkpoint as it is saved; `True` logs them when the run
+    ends, unless the callback keeps every checkpoint (`save_top_k=-1`): then as saved too."""
+    return log_model == "all" or (log_model is True and checkpoint_callback.save_top_k == -1)

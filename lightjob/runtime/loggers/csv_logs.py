@@ -14,8 +14,7 @@ import fsspec
 from lightjob.core.saving import save_hparams_to_yaml
 from lightjob.runtime.distributed import rank_zero_only
 from lightjob.runtime.loggers.base import (
-    Logger,
-    next_version,
+    FolderLogger,
     params_as_dict,
     rank_zero_experiment,
     scalar,
@@ -87,7 +86,7 @@ class ExperimentWriter:
             writer.writerows(rows)
 
 
-class CSVLogger(Logger):
+class CSVLogger(FolderLogger):
     """Log to `<save_dir>/<name>/<version>/`: `metrics.csv` and `hparams.yaml`.
 
     `name` None or "" puts the versions straight under `save_dir`. `version` None takes the
@@ -106,36 +105,10 @@ class CSVLogger(Logger):
         prefix: str = "",
         flush_logs_every_n_steps: int = 100,
     ) -> None:
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
+        super().__init__(save_dir, name, version)
         self._prefix = prefix
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
-        self._fs, _ = fsspec.core.url_to_fs(self._save_dir)
         self._experiment: ExperimentWriter | None = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = next_version(self._fs, self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self.save_dir, self.name)
-
-    @property
-    def log_dir(self) -> str:
-        version = self.version if isinstance(self.version, str) else f"version_{self.version}"
-        return os.path.join(self.root_dir, version)
 
     @property
     @rank_zero_experiment

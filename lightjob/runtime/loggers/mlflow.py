@@ -21,6 +21,7 @@ from lightjob.runtime.loggers.base import (
     Logger,
     checkpoint_settings,
     flatten_params,
+    logs_checkpoint_now,
     params_as_dict,
     rank_zero_experiment,
     scalar,
@@ -196,9 +197,7 @@ class MLFlowLogger(Logger):
             self.experiment.set_terminated(self.run_id, _STATUSES.get(status, status))
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        if self._log_model == "all" or (
-            self._log_model is True and checkpoint_callback.save_top_k == -1
-        ):
+        if logs_checkpoint_now(self._log_model, checkpoint_callback):
             self._log_checkpoints(checkpoint_callback)
         elif self._log_model is True:
             self._checkpoint_callback = checkpoint_callback

@@ -10,15 +10,13 @@ import warnings
 from argparse import Namespace
 from typing import Any
 
-import fsspec
 import torch
 
 from lightjob.core.saving import save_hparams_to_yaml
 from lightjob.runtime.distributed import rank_zero_only
 from lightjob.runtime.loggers.base import (
-    Logger,
+    FolderLogger,
     flatten_params,
-    next_version,
     params_as_dict,
     rank_zero_experiment,
     scalar,
@@ -30,7 +28,7 @@ def is_tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(FolderLogger):
     """Log to TensorBoard event files in `log_dir`.
 
     `name`, `version` and `prefix` work as in CSVLogger. `sub_dir` adds one more folder level
@@ -60,35 +58,14 @@ class TensorBoardLogger(Logger):
                 "TensorBoardLogger needs the tensorboard package: pip install tensorboard "
                 "(or log with CSVLogger, which needs nothing)"
             )
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
+        super().__init__(save_dir, name, version)
         self._log_graph = log_graph
         self._default_hp_metric = default_hp_metric
         self._prefix = prefix
         self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
         self._kwargs = kwargs
-        self._fs, _ = fsspec.core.url_to_fs(self._save_dir)
         self._experiment: Any = None
         self.hparams: dict[str, Any] = {}
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = next_version(self._fs, self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self.save_dir, self.name)
 
     @property
     def sub_dir(self) -> str | None:
@@ -97,8 +74,7 @@ class TensorBoardLogger(Logger):
     @property
     def log_dir(self) -> str:
         """`root_dir/version_<n>[/sub_dir]`, with `~` and `$VARS` expanded."""
-        version = self.version if isinstance(self.version, str) else f"version_{self.version}"
-        log_dir = os.path.join(self.root_dir, version)
+        log_dir = super().log_dir
         if self.sub_dir is not None:
             log_dir = os.path.join(log_dir, self.sub_dir)
         return os.path.expanduser(os.path.expandvars(log_dir))

@@ -19,6 +19,7 @@ from lightjob.runtime.errors import MisconfigurationException
 from lightjob.runtime.loggers.base import (
     Logger,
     checkpoint_settings,
+    logs_checkpoint_now,
     params_as_dict,
     rank_zero_experiment,
     scalar,
@@ -230,9 +231,7 @@ class WandbLogger(Logger):
         return self._experiment.id if self._experiment else self._id
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        if self._log_model == "all" or (
-            self._log_model is True and checkpoint_callback.save_top_k == -1
-        ):
+        if logs_checkpoint_now(self._log_model, checkpoint_callback):
             self._log_checkpoints(checkpoint_callback)
         elif self._log_model is True:
             self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
