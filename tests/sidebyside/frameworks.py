@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,6 +58,11 @@ class Framework:
     @property
     def Callback(self) -> Any:
         return self.pl.Callback
+
+    def module(self, path: str) -> ModuleType:
+        """A module by its path under the package: `fw.module("core.saving")` is
+        `lightjob.core.saving` or `pytorch_lightning.core.saving`."""
+        return importlib.import_module(f"{self.pl.__name__}.{path}")
 
 
 def load(name: str) -> Framework:
@@ -192,6 +198,63 @@ def metrics_of(metrics: dict[str, Any]) -> dict[str, float]:
 def files_under(root: Path) -> list[str]:
     """Every file below `root`, relative and sorted: what a user sees with `find`."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def outcome(action: Callable[[], T]) -> T | str:
+    """What `action` returns, or "raises <ExceptionType>": for comparing the errors a user
+    sees without comparing their wording."""
+    try:
+        return action()
+    except Exception as err:
+        return f"raises {type(err).__name__}"
+
+
+def relative(path: str | Path | None, root: Path) -> str | None:
+    """`path` as a user sees it under `root` (the frameworks run in different folders)."""
+    return None if path is None else os.path.relpath(path, root)
+
+
+def contents_under(root: Path) -> dict[str, Any]:
+    """Every file below `root`, relative, with its content: text as text, TensorBoard event
+    files (whose names carry a time, host and pid) as `events.out.tfevents.*` -> what
+    `tensorboard_events` reads from them, anything else as its size in bytes."""
+    found: dict[str, Any] = {}
+    for name in files_under(root):
+        path = root / name
+        if "events.out.tfevents." in path.name:
+            key = str(Path(name).parent / "events.out.tfevents.*")
+            found.setdefault(key, []).append(tensorboard_events(path))
+        elif path.suffix in (".csv", ".yaml", ".txt", ".log", ".json"):
+            found[name] = path.read_bytes().decode()
+        else:
+            found[name] = path.stat().st_size
+    return found
+
+
+def tensorboard_events(path: Path) -> dict[str, Any]:
+    """What TensorBoard shows from one event file: scalars as (tag, step, value), the HPARAMS
+    tab's records (what each holds, less its wall-clock time), and whether a graph was
+    recorded."""
+    from google.protobuf.json_format import MessageToDict
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    scalars, hparams, graph = [], [], False
+    for event in EventFileLoader(str(path)).Load():
+        graph = graph or bool(event.graph_def)
+        for value in event.summary.value:
+            plugin = value.metadata.plugin_data
+            if plugin.plugin_name == "scalars":
+                number = value.tensor.float_val or value.tensor.double_val
+                scalars.append((value.tag, event.step, round(float(number[0]), 6)))
+            elif plugin.plugin_name == "hparams":
+                record = MessageToDict(HParamsPluginData.FromString(plugin.content))
+                for part in record.values():
+                    if isinstance(part, dict):
+                        part.pop("startTimeSecs", None)
+                        part.pop("endTimeSecs", None)
+                hparams.append((value.tag, event.step, record))
+    return {"scalars": scalars, "hparams": hparams, "graph": graph}
 
 
 def weights_of(module: nn.Module) -> dict[str, list[float]]:

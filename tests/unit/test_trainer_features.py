@@ -243,7 +243,11 @@ def test_learning_rate_monitor_logs_each_scheduler_step(tmp_path: Path) -> None:
     )
     trainer.fit(Scheduled(), loader())
     assert monitor.lrs["lr-SGD"] == [1.0, 0.5, 0.25, 0.125]
-    logged = [float(r["lr-SGD"]) for r in rows(Path(logger.metrics_file_path)) if r.get("lr-SGD")]
+    logged = [
+        float(r["lr-SGD"])
+        for r in rows(Path(logger.experiment.metrics_file_path))
+        if r.get("lr-SGD")
+    ]
     assert logged == [1.0, 0.5, 0.25, 0.125]
     with pytest.raises(MisconfigurationException, match="LearningRateMonitor needs a logger"):
         L.Trainer(**quiet(tmp_path, max_steps=1, callbacks=[LearningRateMonitor()])).fit(

@@ -1,0 +1,5 @@
+"""`lightning.pytorch.loggers.tensorboard` -> `lightjob.loggers.tensorboard`."""
+
+from lightjob.runtime.loggers.tensorboard import TensorBoardLogger
+
+__all__ = ["TensorBoardLogger"]
