@@ -166,10 +166,14 @@ class LeaseElector:
         stop = threading.Event()
 
         def renew() -> None:
-            renewed = time.monotonic()
+            # Counted from when the attempt that renewed began, never from its answer: the
+            # write happened after that, so a standby's lease duration, counted from when it
+            # sees the write, ends after this renew deadline.
+            renewed = self.last_attempt
             while not stop.wait(self.config.retry_period):
+                began = time.monotonic()
                 if self.try_acquire_or_renew(renewed + self.config.renew_deadline):
-                    renewed = time.monotonic()
+                    renewed = began
                 elif (
                     self.holder not in (None, "", self.config.identity)  # another one took it
                     or time.monotonic() - renewed >= self.config.renew_deadline
