@@ -311,6 +311,7 @@ async def test_a_leader_that_cannot_renew_its_lease_exits_before_it_expires(
         refused = time.monotonic()
         assert await exited(leader, timeout=10) == 1
         lasted = time.monotonic() - refused
+        print(f"exit after the renewals were refused: {lasted:.1f} s")
         # The last renewal was at most a retry period (1 s) before the refusals began.
         assert 1 < lasted < 4, f"exited {lasted:.1f} s after the renewals were refused"
         assert "lost the Lease" in leader.log()
