@@ -16,7 +16,11 @@ for kopf, the kubernetes client and the operator:
   resourceVersion, and timeoutSeconds;
 - finalizers, deletionTimestamp, graceful pod deletion (the kubelet stand-in finishes
   it), and owner-reference garbage collection;
-- namespaces, events, kopf's peering resources, and both kinds of PodGroup.
+- namespaces, events, kopf's peering resources, and both kinds of PodGroup;
+- coordination.k8s.io Leases for leader election, decoded as the API server decodes them
+  (MicroTime fields need exactly six fractional digits) and validated as it validates them;
+- any number of clients at once, each call recorded with its caller (the bearer token of
+  its kubeconfig), as an audit log would.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ RESOURCES: dict[tuple[str, str, str], dict[str, Any]] = {
         "namespaced": True,
         "status": True,
     },
-    # As the chart's CRDs (charts/lightjob/crds/kopf-peering.yaml): no status subresource.
+    # kopf's peering (lightjob operator --peering), as kopf's CRDs: no status subresource.
     ("kopf.dev", "v1", "clusterkopfpeerings"): {
         "kind": "ClusterKopfPeering",
         "namespaced": False,
@@ -83,7 +87,10 @@ RESOURCES: dict[tuple[str, str, str], dict[str, Any]] = {
         "namespaced": True,
         "status": False,
     },
+    # Leader election (the operator's --leader-elect): a Lease has no status subresource.
+    ("coordination.k8s.io", "v1", "leases"): {"kind": "Lease", "namespaced": True, "status": False},
 }
+LEASES = "coordination.k8s.io/v1/leases"
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -113,6 +120,7 @@ class Emulator(kmock.KubernetesScaffold):
         )
         self.calls: list[tuple[str, str]] = []  # (method, path) of every object request
         self.queries: list[dict[str, str]] = []  # and its query parameters
+        self.callers: list[str] = []  # and who made it (its Authorization header)
         # Faults to inject: (method, path fragment, status code, times left).
         self.faults: list[list[Any]] = []
         self.after_write: Any = None  # called with (method, resource, name) after each write
@@ -136,6 +144,7 @@ class Emulator(kmock.KubernetesScaffold):
         resource, namespace, name, subresource = route
         self.calls.append((raw.method, raw.path))
         self.queries.append(dict(raw.query))
+        self.callers.append(raw.headers.get("Authorization", ""))
         for fault in self.faults:
             if fault[0] == raw.method and fault[1] in raw.path and fault[3] > 0:
                 fault[3] -= 1
@@ -333,6 +342,8 @@ class Emulator(kmock.KubernetesScaffold):
             obj["status"] = {"phase": "Pending"}
         if resource.startswith("lightjob.dev/"):
             self._validate_job(obj)
+        if resource == LEASES:
+            _validate_lease(obj)
         meta.update(
             uid=str(uuid.uuid4()),
             generation=1,
@@ -408,6 +419,8 @@ class Emulator(kmock.KubernetesScaffold):
                 new["status"] = old.get("status")  # status changes need the subresource
             if resource.startswith("lightjob.dev/"):
                 self._validate_job(new, old)
+            if resource == LEASES:
+                _validate_lease(new)
             if new.get("spec") != old.get("spec"):
                 new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         if new.get("status") is None:
@@ -513,6 +526,30 @@ class Emulator(kmock.KubernetesScaffold):
             raise ApiError(422, "Invalid", "spec.replicas: Required value")
         self.update(key[0], key[1], key[2], None, {"spec": {"numNodes": replicas}})
         return self._scale_of(self.store[key])
+
+
+# Go's RFC3339Micro, which the API server parses a Lease's MicroTime fields with: exactly six
+# fractional digits (Python's isoformat() drops them when the microseconds are 0).
+MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
+
+
+def _validate_lease(obj: dict[str, Any]) -> None:
+    spec = obj.get("spec") or {}
+    for field in ("acquireTime", "renewTime"):
+        value = spec.get(field)
+        if value is not None and not (isinstance(value, str) and MICRO_TIME.match(value)):
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'Lease in version "v1" cannot be handled as a Lease: parsing time "{value}" '
+                'as "2006-01-02T15:04:05.000000Z07:00": cannot parse',
+            )
+    for field, least in (("leaseDurationSeconds", 1), ("leaseTransitions", 0)):
+        value = spec.get(field)
+        if value is not None and (not isinstance(value, int) or value < least):
+            raise ApiError(
+                422, "Invalid", f"Lease is invalid: spec.{field}: Invalid value: {value!r}"
+            )
 
 
 def _route(path: str) -> tuple[str, str | None, str | None, str | None] | None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End to end on a real cluster, for a machine with Docker, kind, kubectl and helm.
 # Creates a kind cluster, builds and loads both images, installs the chart, runs the digits
-# example on 2 nodes, checks that its progress reaches status, deletes a pod to simulate a
-# preemption, waits for Succeeded, and says PASS or FAIL. The cluster is deleted at the end unless KEEP_CLUSTER=1.
+# example on 2 nodes, checks that its progress reaches status, kills the operator leader and
+# checks that the other replica leads, deletes a pod to simulate a preemption (the new
+# leader handles it), waits for Succeeded, and says PASS or FAIL. The cluster is deleted at the end unless KEEP_CLUSTER=1.
 set -euo pipefail
 
 cluster="${CLUSTER:-lightjob-e2e}"
@@ -62,6 +63,23 @@ for _ in $(seq 90); do
 done
 case "$seen" in Running/[0-9]*) ;; *) fail "no progress in status while running (saw $seen)" ;; esac
 kubectl get lj digits -n "$namespace"
+
+holder() { kubectl get lease lightjob -n lightjob-system -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true; }
+leader="$(holder)"
+leader="${leader%_*}"  # the holder is <pod>_<process suffix>
+[ -n "$leader" ] || fail "no operator replica holds the Lease"
+log "killing the operator leader $leader at once, as a node loss would; the standby must lead"
+kubectl delete pod "$leader" -n lightjob-system --grace-period=0 --force
+new=""
+for _ in $(seq 60); do
+  new="$(holder)"
+  new="${new%_*}"
+  if [ -n "$new" ] && [ "$new" != "$leader" ]; then break; fi
+  sleep 1
+done
+[ -n "$new" ] && [ "$new" != "$leader" ] || fail "no new operator leader within 60 s"
+log "the operator leader is now $new"
+
 log "deleting digits-node-1, as a preemption would"
 kubectl delete pod digits-node-1 -n "$namespace" --wait=false
 wait_for_phase Succeeded 600 || fail "the job did not succeed"

@@ -35,7 +35,8 @@ from lightjob.controller import (
 )
 from lightjob.controller.build import JOB_LABEL, PODGROUP_API
 from lightjob.operator import metrics
-from lightjob.operator.kube import KubeClient
+from lightjob.operator.election import LeaseConfig, lead
+from lightjob.operator.kube import KubeClient, api_client
 
 log = logging.getLogger("lightjob.operator")
 
@@ -51,6 +52,8 @@ class OperatorConfig:
     log_format: str = "text"  # or "json": one object per line
     kubeconfig: str | None = None  # None: in-cluster config, else KUBECONFIG
     finalizer: str = "lightjob.dev/kopf-finalizer"
+    liveness: str | None = None  # kopf's liveness endpoint, e.g. http://0.0.0.0:8081/healthz
+    leader_election: LeaseConfig | None = None  # act only while holding this Lease
 
 
 SERVICE_TTL_SECONDS = 30.0
@@ -214,19 +217,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.scanning.disabled = True
         settings.posting.level = logging.WARNING  # kopf's own events: warnings only
         settings.execution.max_workers = 32
-        import kubernetes
-
-        configuration = kubernetes.client.Configuration()
-        if config.kubeconfig:
-            kubernetes.config.load_kube_config(
-                config_file=config.kubeconfig, client_configuration=configuration
-            )
-        else:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
-        # One connection per handler thread, or urllib3 discards and reopens them.
-        configuration.connection_pool_maxsize = settings.execution.max_workers or 32
         state["reconcile"] = Reconciler(
-            KubeClient(kubernetes.client.ApiClient(configuration)),
+            KubeClient(api_client(config.kubeconfig, settings.execution.max_workers or 32)),
             config.backoff_base,
             config.progress_interval,
         )
@@ -258,15 +250,24 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
 
 def run(config: OperatorConfig) -> None:
-    """Run the operator until it is stopped (SIGTERM/SIGINT), as `lightjob operator` does."""
+    """Run the operator until it is stopped (SIGTERM/SIGINT), as `lightjob operator` does;
+    with leader election, from when this replica holds the Lease (operator/election.py)."""
     kopf.configure(
         verbose=False,
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
     )
-    kopf.run(
-        registry=build_registry(config),
-        clusterwide=not config.namespaces,
-        namespaces=list(config.namespaces),
-        standalone=config.peering is None,
-        peering_name=config.peering,
-    )
+
+    def operate() -> None:
+        kopf.run(
+            registry=build_registry(config),
+            clusterwide=not config.namespaces,
+            namespaces=list(config.namespaces),
+            standalone=config.peering is None,
+            peering_name=config.peering,
+            liveness_endpoint=config.liveness,
+        )
+
+    if config.leader_election is None:
+        operate()
+    else:
+        lead(config.leader_election, api_client(config.kubeconfig, 2), config.liveness, operate)

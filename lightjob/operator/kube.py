@@ -27,6 +27,21 @@ RETRIABLE = {409, 429, 500, 502, 503, 504}
 TIMEOUT = (5.0, 30.0)
 
 
+def api_client(kubeconfig: str | None, pool_size: int = 32) -> kubernetes.client.ApiClient:
+    """A client of its own (not the global default): the kubeconfig file, or the pod's
+    service account when `kubeconfig` is None. One connection per handler thread, or
+    urllib3 discards and reopens them."""
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig:
+        kubernetes.config.load_kube_config(
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    else:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = pool_size
+    return kubernetes.client.ApiClient(configuration)
+
+
 class KubeClient:
     """The calls the operator makes, and nothing else (the chart's RBAC mirrors them)."""
 

@@ -24,7 +24,8 @@ NAMESPACED: list[Rule] = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
-# kopf's leader election: the namespaced peering object, or the cluster-wide one.
+# kopf's peering (--peering; the chart elects through a Lease instead): the namespaced
+# peering object, or the cluster-wide one.
 PEERING: list[Rule] = [
     {
         "apiGroups": ["kopf.dev"],
@@ -37,6 +38,17 @@ CLUSTER_PEERING: list[Rule] = [
         "apiGroups": ["kopf.dev"],
         "resources": ["clusterkopfpeerings"],
         "verbs": ["list", "watch", "patch"],
+    },
+]
+
+# Leader election (--leader-elect): the Lease, in the operator's own namespace only (a Role
+# there, whichever namespaces it watches). update, not patch: taking a Lease must name the
+# resourceVersion it read, so that of two replicas only one succeeds.
+LEADER_ELECTION: list[Rule] = [
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update"],
     },
 ]
 

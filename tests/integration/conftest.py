@@ -56,13 +56,14 @@ class Cluster:
         )
 
 
-def write_kubeconfig(path: Path, url: str) -> str:
+def write_kubeconfig(path: Path, url: str, token: str = "test-token") -> str:
+    """A kubeconfig for the emulator; the token tells the emulator who calls (its callers)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "current-context": "emulator",
         "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-        "users": [{"name": "tester", "user": {"token": "test-token"}}],
+        "users": [{"name": "tester", "user": {"token": token}}],
         "contexts": [
             {
                 "name": "emulator",

@@ -69,7 +69,7 @@ VARIANTS = {
         "metrics.grafanaDashboard.enabled=true",
         "watch.namespaces={team-a}",
     ),
-    "no peering": ("peering.enabled=false", "replicaCount=1"),
+    "one replica": ("leaderElection.enabled=false", "replicaCount=1"),
     "coscheduling": ("gangScheduling.provider=coscheduling",),
     "volcano in namespaces": (
         "gangScheduling.provider=volcano",
@@ -107,7 +107,7 @@ def test_every_rendered_manifest_is_valid(variant: str) -> None:
     [
         ("defaults", True, None),
         ("namespace list", False, None),
-        ("no peering", True, None),
+        ("one replica", True, None),
         ("coscheduling", True, "coscheduling"),
         ("volcano in namespaces", False, "volcano"),
     ],
@@ -116,17 +116,29 @@ def test_the_operator_gets_exactly_the_rules_it_uses_and_no_secrets(
     variant: str, cluster_wide: bool, gang: str | None
 ) -> None:
     docs = render(*VARIANTS[variant])
-    peering = variant != "no peering"
     roles = [
         d
         for d in docs
-        if d["kind"] in ("Role", "ClusterRole") and not d["metadata"]["name"].endswith("-edit")
+        if d["kind"] in ("Role", "ClusterRole")
+        and not d["metadata"]["name"].endswith(("-edit", "-leader-election"))
     ]
     assert roles and all((d["kind"] == "ClusterRole") == cluster_wide for d in roles)
     for role in roles:
         assert normalised(role["rules"]) == normalised(
-            rbac.rules(cluster_wide=cluster_wide, peering=peering, gang=gang)
+            rbac.rules(cluster_wide=cluster_wide, peering=False, gang=gang)
         )
+    # The Lease: a Role of its own in the release's namespace, whatever is watched.
+    election = [d for d in docs if d["metadata"]["name"] == "lj-lightjob-leader-election"]
+    if variant == "one replica":
+        assert not election
+    else:
+        role, binding = sorted(election, key=lambda d: d["kind"] != "Role")
+        assert role["kind"] == "Role" and role["metadata"]["namespace"] == "lightjob-system"
+        assert normalised(role["rules"]) == normalised(rbac.LEADER_ELECTION)
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "lj-lightjob", "namespace": "lightjob-system"}
+        ]
     for doc in docs:
         for rule in doc.get("rules", []):
             assert (
@@ -134,7 +146,7 @@ def test_the_operator_gets_exactly_the_rules_it_uses_and_no_secrets(
             )
     if not cluster_wide:
         assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-        bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+        bindings = [d for d in docs if d["kind"] == "RoleBinding" and d not in election]
         assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
         assert all(b["subjects"][0]["namespace"] == "lightjob-system" for b in bindings)
 
@@ -151,21 +163,106 @@ def test_the_operator_runs_restricted_with_leader_election() -> None:
     assert container["args"] == [
         "operator",
         "--all-namespaces",
-        "--peering=lightjob",
+        "--leader-elect",
+        "--leader-elect-resource-name=lj-lightjob",
+        "--leader-elect-resource-namespace=lightjob-system",
+        "--leader-elect-lease-duration=15",
+        "--leader-elect-renew-deadline=10",
+        "--leader-elect-retry-period=2",
+        "--liveness=http://0.0.0.0:8081/healthz",
         "--metrics-port=8080",
         "--interval=10",
         "--backoff-seconds=10",
         "--progress-interval=15",
         "--log-format=text",
     ]
-    assert (
-        next(d for d in docs if d["kind"] == "ClusterKopfPeering")["metadata"]["name"] == "lightjob"
-    )
+    # The Lease names its holder by pod: the downward API gives the pod's name.
+    pod_name = next(e for e in container["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert not any(d["kind"] in ("ClusterKopfPeering", "KopfPeering") for d in docs)
     scoped = next(d for d in render(*VARIANTS["namespace list"]) if d["kind"] == "Deployment")
     assert scoped["spec"]["template"]["spec"]["containers"][0]["args"][1:3] == [
         "--namespace=team-a",
         "--namespace=team-b",
     ]
+    single = next(d for d in render(*VARIANTS["one replica"]) if d["kind"] == "Deployment")
+    assert not any(
+        "leader-elect" in a for a in single["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+
+
+def test_the_liveness_probe_asks_the_endpoint_the_operator_serves() -> None:
+    container = next(d for d in render() if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    probe = container["livenessProbe"]["httpGet"]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == probe["port"])
+    served = next(a for a in container["args"] if a.startswith("--liveness="))
+    assert served == f"--liveness=http://0.0.0.0:{port}{probe['path']}"
+    assert port != next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+    off = next(d for d in render("livenessProbe.enabled=false") if d["kind"] == "Deployment")[
+        "spec"
+    ]["template"]["spec"]["containers"][0]
+    assert "livenessProbe" not in off and not any("--liveness" in a for a in off["args"])
+    assert [p["name"] for p in off["ports"]] == ["metrics"]
+
+
+def test_a_pod_disruption_budget_keeps_a_replica_through_a_drain() -> None:
+    docs = render()
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    (budget,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert budget["metadata"]["namespace"] == "lightjob-system"
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    half = next(
+        d
+        for d in render("podDisruptionBudget.maxUnavailable=50%")
+        if d["kind"] == "PodDisruptionBudget"
+    )
+    assert half["spec"]["maxUnavailable"] == "50%"
+    assert not [
+        d for d in render("podDisruptionBudget.enabled=false") if d["kind"] == "PodDisruptionBudget"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            ("leaderElection.enabled=false",),
+            "replicaCount > 1 needs leaderElection.enabled=true",
+        ),
+        (
+            ("leaderElection.renewDeadline=15",),
+            "leaderElection needs retryPeriod < renewDeadline < leaseDuration (got 2, 15, 15)",
+        ),
+        (("livenessProbe.port=8080",), "livenessProbe.port must differ from metrics.port"),
+        (("podDisruptionBudget.maxUnavailable=0",), "/podDisruptionBudget/maxUnavailable"),
+        (("peering.enabled=true",), "additional properties 'peering' not allowed"),
+    ],
+)
+def test_values_that_would_break_the_election_are_refused(
+    settings: tuple[str, ...], message: str
+) -> None:
+    args = [a for s in settings for a in ("--set", s)]
+    result = helm("template", "lj", str(CHART), *args)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_the_documented_crd_upgrade_applies_exactly_the_charts_crds() -> None:
+    """Helm installs crds/ once and never upgrades them; the docs say to pipe `helm show crds`
+    into `kubectl apply --server-side --force-conflicts` before `helm upgrade`."""
+    shown = helm("show", "crds", str(CHART))
+    assert shown.returncode == 0, shown.stderr
+    files = [
+        d
+        for p in sorted((CHART / "crds").glob("*.yaml"))
+        for d in yaml.safe_load_all(p.read_text())
+    ]
+    assert [d for d in yaml.safe_load_all(shown.stdout) if d] == files
+    command = "kubectl apply --server-side --force-conflicts -f -"
+    for doc in (CHART / "README.md", ROOT / "docs" / "operator.md"):
+        assert "helm show crds" in doc.read_text() and command in doc.read_text(), doc
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightjob import cli
@@ -217,6 +217,7 @@ def test_defaults_are_what_a_user_expects() -> None:
 node_counts = st.one_of(st.none(), st.integers(min_value=1, max_value=6))
 
 
+@settings(deadline=None)  # a correctness property: a busy machine must not fail it
 @given(
     num=st.integers(min_value=1, max_value=6),
     low=node_counts,

@@ -50,3 +50,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "create", "patch"]
 {{- end }}
 {{- end -}}
+
+
+{{- define "lightjob.leaseName" -}}
+{{- default (include "lightjob.fullname" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
+
+{{/* Values the schema cannot check alone; the operator would refuse them at start. */}}
+{{- define "lightjob.checkValues" -}}
+{{- $election := .Values.leaderElection -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not $election.enabled) -}}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true: without it every replica reconciles every job" -}}
+{{- end -}}
+{{- if and $election.enabled (not (and (lt (float64 $election.retryPeriod) (float64 $election.renewDeadline)) (lt (float64 $election.renewDeadline) (float64 $election.leaseDuration)))) -}}
+{{- fail (printf "leaderElection needs retryPeriod < renewDeadline < leaseDuration (got %v, %v, %v): the leader must give up before a standby may take over" $election.retryPeriod $election.renewDeadline $election.leaseDuration) -}}
+{{- end -}}
+{{- if and .Values.livenessProbe.enabled (eq (int .Values.livenessProbe.port) (int .Values.metrics.port)) -}}
+{{- fail "livenessProbe.port must differ from metrics.port" -}}
+{{- end -}}
+{{- end -}}
