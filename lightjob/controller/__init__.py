@@ -4,18 +4,17 @@ No I/O, no kopf, no Kubernetes client: the operator and `lightjob run` both appl
 """
 
 from lightjob.controller.build import build_pod, build_service, pod_name, selector
-from lightjob.controller.progress import Sample, parse
-from lightjob.controller.reconcile import (
-    Event,
+from lightjob.controller.observe import (
     JobView,
-    Plan,
     PodGroupView,
     PodView,
     observe_job,
     observe_pod,
     observe_podgroup,
-    reconcile,
 )
+from lightjob.controller.plan import Event, Plan, Settings
+from lightjob.controller.progress import Sample, parse
+from lightjob.controller.reconcile import reconcile
 
 __all__ = [
     "Event",
@@ -24,6 +23,7 @@ __all__ = [
     "PodGroupView",
     "PodView",
     "Sample",
+    "Settings",
     "build_pod",
     "build_service",
     "observe_job",

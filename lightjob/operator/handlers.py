@@ -27,6 +27,7 @@ from lightjob.controller import (
     Plan,
     PodView,
     Sample,
+    Settings,
     observe_job,
     observe_pod,
     observe_podgroup,
@@ -130,7 +131,7 @@ class Reconciler:
             pods,
             has_service,
             now,
-            backoff_base=self.backoff_base,
+            settings=Settings(backoff_base=self.backoff_base),
             sample=sample,
             podgroup=podgroup,
         )

@@ -218,7 +218,7 @@ def test_a_failure_restarts_the_gang_with_back_off_then_fails_after_the_limit() 
 
 
 def test_back_off_doubles_per_failure() -> None:
-    from lightjob.controller.reconcile import backoff_delay
+    from lightjob.controller.attempts import backoff_delay
 
     assert [backoff_delay(n, 10) for n in (1, 2, 3, 4, 10)] == [10, 20, 40, 80, 360]
 
