@@ -53,6 +53,7 @@ RESOURCES: dict[tuple[str, str, str], dict[str, Any]] = {
     ("", "v1", "services"): {"kind": "Service", "namespaced": True, "status": True},
     ("", "v1", "events"): {"kind": "Event", "namespaced": True, "status": False},
     ("", "v1", "namespaces"): {"kind": "Namespace", "namespaced": False, "status": True},
+    ("", "v1", "nodes"): {"kind": "Node", "namespaced": False, "status": True},
     ("events.k8s.io", "v1", "events"): {"kind": "Event", "namespaced": True, "status": False},
     ("lightjob.dev", "v1alpha1", "lightningjobs"): {
         "kind": "LightningJob",
@@ -440,7 +441,10 @@ class Emulator(kmock.KubernetesScaffold):
         if meta.get("finalizers") or (running and grace):
             if not meta.get("deletionTimestamp"):
                 new = copy.deepcopy(obj)
-                new["metadata"]["deletionTimestamp"] = _now().isoformat().replace("+00:00", "Z")
+                # A pod's deletionTimestamp is when its grace period ends, as the API server
+                # sets it; for other objects, the time of the request.
+                when = _now() + dt.timedelta(seconds=grace or 0)
+                new["metadata"]["deletionTimestamp"] = when.isoformat().replace("+00:00", "Z")
                 if resource == "v1/pods":
                     new["metadata"]["deletionGracePeriodSeconds"] = grace
                 self._commit(resource, namespace, name, new, "MODIFIED")

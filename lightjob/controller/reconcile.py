@@ -144,10 +144,12 @@ def _decide(
     # A pod beyond the gang's size (left by an interrupted plan) has no place in it.
     plan.delete_pods([p for p in ctx.current if p.rank >= status.replicas])
 
-    outcome = judge(ctx.members, status.replicas, status.phase, added)
+    # Once the gang ran, each of its pods must exist: one that is gone was taken away.
+    expected = set(range(status.replicas)) - set(added) if status.phase == "Running" else set()
+    outcome = judge(ctx.members, status.phase, expected)
     if outcome.kind == "succeeded":
         _final_progress(status, next((p for p in ctx.current if p.rank == 0), None), ctx.now)
-        end_job(ctx, "Succeeded", "Succeeded", "node 0's trainer exited 0")
+        end_job(ctx, "Succeeded", "Succeeded", outcome.message)
         clean_up(ctx, ctx.current)
         return conclude(ctx, "Succeeded")
     if outcome.kind == "preempted":

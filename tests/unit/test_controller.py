@@ -217,6 +217,16 @@ def test_a_failure_restarts_the_gang_with_back_off_then_fails_after_the_limit() 
     assert failed["reason"] == "BackoffLimitExceeded"
 
 
+@pytest.mark.parametrize("code", [134, 137, 139, 143])
+def test_a_signal_without_disruption_evidence_is_a_failure_with_back_off(code: int) -> None:
+    plan = plan_for(job_body(running()), [pod(0), pod(1, state="terminated", exit_code=code)])
+    status = plan.status
+    assert status is not None and (status["restarts"], status["preemptions"]) == (1, 0)
+    assert status["nextAttemptTime"] == "2026-11-27T12:00:10Z"
+    assert plan.events[0].reason == "NodeFailed" and plan.events[0].cause == "signal"
+    assert f"(exit {code})" in plan.events[0].message
+
+
 def test_back_off_doubles_per_failure() -> None:
     from lightjob.controller.attempts import backoff_delay
 
@@ -248,8 +258,21 @@ def test_back_off_doubles_per_failure() -> None:
             [pod(0), pod(1, status={"reason": "Evicted", "message": "node memory pressure"})],
             "Evicted",
         ),
-        ([pod(0), pod(1, state="terminated", exit_code=143)], "signal 15"),
+        ([pod(0), pod(1, state="terminated", exit_code=143, deleting=True)], "pod was deleted"),
         ([pod(0), pod(1, deleting=True)], "pod was deleted"),
+        # Node 0 saved on SIGTERM and exited 0 while its node shut down: not a success.
+        (
+            [
+                pod(
+                    0,
+                    state="terminated",
+                    exit_code=0,
+                    status={"reason": "Terminated", "message": "node shutdown"},
+                ),
+                pod(1),
+            ],
+            "node 0 was disrupted (Terminated: node shutdown)",
+        ),
         ([pod(0)], "disappeared"),
         # The others crash when a peer is preempted: still a preemption, not a failure.
         (
@@ -271,7 +294,7 @@ def test_preemptions_restart_at_once_without_counting_as_failures(
 
 def test_preemption_limit_and_oom_kills() -> None:
     body = job_body(running(preemptions=1), runPolicy={"preemptionLimit": 1})
-    plan = plan_for(body, [pod(0), pod(1, state="terminated", exit_code=143)])
+    plan = plan_for(body, [pod(0), pod(1, state="terminated", exit_code=143, deleting=True)])
     assert plan.status is not None and plan.status["phase"] == "Failed"
     assert "preemptionLimit=1 exceeded" in plan.status["message"]
     oom = plan_for(
