@@ -123,5 +123,7 @@ def next_due(spec: LightningJobSpec, status: LightningJobStatus, now: dt.datetim
     pending = spec.run_policy.pending_deadline_seconds
     if pending and status.phase == "Pending" and status.attempt_start_time:
         moments.append(status.attempt_start_time + dt.timedelta(seconds=pending))
-    future = [(m - now).total_seconds() for m in moments]
-    return max(0.0, min(future)) if future else None
+    # A moment already past was decided on in this reconcile (what is left waits for pods,
+    # not for time), so only those ahead count.
+    future = [(m - now).total_seconds() for m in moments if m > now]
+    return min(future) if future else None

@@ -78,8 +78,9 @@ RULES: tuple[Rule, ...] = (
         FAILURE,
         "signal",
         lambda p: p.exit_code is not None and p.exit_code >= 128,
-        lambda p: f"node {p.rank} was killed by {_signal(p)} (exit {p.exit_code})"
-        f"{last_line(p.message)}",
+        lambda p: (
+            f"node {p.rank} was killed by {_signal(p)} (exit {p.exit_code}){last_line(p.message)}"
+        ),
     ),
     Rule(
         "exit 1..127",

@@ -109,7 +109,7 @@ def _decide(
     plan.delete_pods([p for p in ctx.pods if p.attempt != attempt])
 
     deadline = spec.run_policy.active_deadline_seconds
-    if deadline and status.start_time and (ctx.now - status.start_time).total_seconds() > deadline:
+    if deadline and status.start_time and (ctx.now - status.start_time).total_seconds() >= deadline:
         end_job(
             ctx,
             "Failed",
@@ -229,7 +229,7 @@ def _active(ctx: Context, podgroup: PodGroupView | None) -> Plan:
     status.message = message
     pending = spec.run_policy.pending_deadline_seconds
     started = status.attempt_start_time or ctx.now
-    if pending and (ctx.now - started).total_seconds() > pending:
+    if pending and (ctx.now - started).total_seconds() >= pending:
         end_job(
             ctx,
             "Failed",

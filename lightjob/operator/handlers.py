@@ -1,21 +1,24 @@
 """kopf handlers: every trigger runs the same level-based reconcile of one job.
 
 Triggers: any event on a LightningJob (create, update, and the initial listing after an
-operator restart), any event on a pod labelled with a job name, and a timer for what
-only time can decide (back-off, deadlines, TTL). Each reconcile reads the job and its
-pods, asks the controller for a plan, applies it, writes status once, and posts the
-plan's events. Reconciles of one job never overlap.
+operator restart), any event on a pod labelled with a job name, a wake-up at the moment
+the controller's last plan asked for (`Plan.requeue_after`: back-off, deadlines, TTL),
+and a slow timer that re-reads every job as a safety net. Each reconcile reads the job
+and its pods, asks the controller for a plan, applies it, writes status once, and posts
+the plan's events. Reconciles of one job never overlap.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime as dt
 import logging
 import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -45,7 +48,7 @@ log = logging.getLogger("lightjob.operator")
 class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     peering: str | None = None  # kopf peering object for leader election; None: standalone
-    interval: float = 10.0  # seconds between timer-driven reconciles of each job
+    interval: float = 10.0  # seconds between safety-net reconciles of each job
     backoff_base: float = 10.0  # first back-off after a failure (doubles per failure)
     metrics_port: int | None = 8080
     progress_interval: float = 15.0  # at most one read of a job's progress per this many s
@@ -189,6 +192,40 @@ class Reconciler:
         return exists
 
 
+class Wakeups:
+    """One wake-up per job, at the moment its last plan asked to be looked at again.
+
+    Timer handles on kopf's event loop (no thread per job); the reconcile they start runs
+    on the loop's executor, like kopf's own handlers. A new plan replaces the job's
+    wake-up, and a plan that asks for none cancels it.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, reconcile: Callable[[str, str], object]
+    ) -> None:
+        self._loop = loop
+        self._reconcile = reconcile
+        self._handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
+
+    def set(self, namespace: str, name: str, delay: float | None) -> None:
+        """From a reconcile, in any thread: wake the job up after `delay` seconds (None:
+        never). The wake-up runs in the caller's context, which is kopf's (kopf.event
+        needs it)."""
+        context = contextvars.copy_context()
+        self._loop.call_soon_threadsafe(self._set, (namespace, name), delay, context)
+
+    def _set(self, key: tuple[str, str], delay: float | None, context: contextvars.Context) -> None:
+        old = self._handles.pop(key, None)
+        if old is not None:
+            old.cancel()
+        if delay is not None:
+            self._handles[key] = self._loop.call_later(max(0.0, delay), self._fire, key, context)
+
+    def _fire(self, key: tuple[str, str], context: contextvars.Context) -> None:
+        self._handles.pop(key, None)
+        self._loop.run_in_executor(None, context.run, self._reconcile, *key)
+
+
 def _count(event: Any) -> None:
     if event.reason == "NodeFailed":
         metrics.RESTARTS.labels(reason=event.cause).inc()
@@ -200,6 +237,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """A fresh registry with the handlers bound to `config` (tests run several)."""
     registry = kopf.OperatorRegistry()
     state: dict[str, Reconciler] = {}
+    wakeups: dict[str, Wakeups] = {}
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -236,9 +274,23 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
             start_http_server(config.metrics_port)
 
+    @kopf.on.startup(registry=registry)
+    async def remember_the_loop(**_: Any) -> None:
+        wakeups["job"] = Wakeups(asyncio.get_running_loop(), reconcile_one)
+
     def reconcile_one(namespace: str | None, name: str | None) -> None:
-        if namespace and name and "reconcile" in state:
-            state["reconcile"](namespace, name)
+        if not (namespace and name and "reconcile" in state):
+            return
+        try:
+            plan = state["reconcile"](namespace, name)
+        except Exception:
+            # Look again soon, whatever went wrong (kopf logs the error of a handler).
+            if "job" in wakeups:
+                wakeups["job"].set(namespace, name, config.interval)
+            raise
+        if plan is not None and "job" in wakeups:
+            # No plan: a reconcile of this job was already waiting and will set it.
+            wakeups["job"].set(namespace, name, None if plan.delete_job else plan.requeue_after)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def job_changed(type: str, name: str, namespace: str | None, **_: Any) -> None:

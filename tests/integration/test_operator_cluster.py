@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.integration.conftest import JOBS, Cluster
+from tests.integration.conftest import JOBS, Cluster, OperatorRun
 from tests.integration.test_operator import attempts, job, phase, status_of
 
 
@@ -92,3 +92,38 @@ async def test_an_eviction_exiting_143_is_a_preemption_and_an_oom_kill_a_failure
     cluster.kubelet.oom_kill("demo-node-0")
     await cluster.wait(lambda: phase(cluster) == "Failed", what="Failed")
     assert "node 0 was OOMKilled; backoffLimit=0 exceeded" in status_of(cluster)["message"]
+
+
+# -- item 8: time-based decisions come when the controller asks, not on a fixed timer ---------------
+
+
+async def test_back_off_deadlines_and_ttl_come_on_time_without_the_periodic_timer(
+    emulated: Cluster,
+) -> None:
+    operator = OperatorRun(emulated, interval=3600)  # the safety-net timer never fires here
+    await operator.start()
+    try:
+        emulated.api.create(JOBS, "default", job(runPolicy={"ttlSecondsAfterFinished": 1}))
+        emulated.api.create(JOBS, "default", job("late", runPolicy={"activeDeadlineSeconds": 3}))
+        await emulated.wait(lambda: phase(emulated) == "Running", what="Running")
+        emulated.kubelet.exit("demo-node-1", 1)
+        # Once the old pods are gone nothing else happens: only the back-off's end (1 s)
+        # can start attempt 2.
+        await emulated.wait(
+            lambda: status_of(emulated).get("attempt") == 2 and phase(emulated) == "Running",
+            what="attempt 2 after the back-off",
+        )
+        emulated.kubelet.exit("demo-node-0", 0)
+        await emulated.wait(
+            lambda: emulated.api.find(JOBS, "default", "demo") is None, what="the TTL"
+        )
+        late = await emulated.wait(
+            lambda: (
+                (emulated.api.get(JOBS, "default", "late").get("status") or {}).get("phase")
+                == "Failed"
+            ),
+            what="the active deadline",
+        )
+        assert late
+    finally:
+        await operator.stop()
