@@ -107,6 +107,8 @@ class Kubelet:
                 )
                 return
             node = f"node-{name}"
+            while node in self.lost_nodes:  # the scheduler places nothing on a NotReady node
+                node += "-x"
             self._ensure_node(node)
             self.api.update(PODS, self.namespace, name, None, {"spec": {"nodeName": node}})
             self._status(

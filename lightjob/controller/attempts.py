@@ -164,4 +164,4 @@ def expire(ctx: Context) -> None:
     if left <= 0:
         ctx.plan.delete_job = True
     else:
-        ctx.plan.requeue_after = left
+        ctx.plan.look_again(left)

@@ -6,6 +6,7 @@ never look inside a Kubernetes object.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,9 @@ class PodView:
     unschedulable: str | None  # the scheduler's message while it cannot be placed
     message: str = ""  # the trainer's termination message (final metrics, or a log tail)
     metrics_url: str = ""  # rank 0's Prometheus endpoint, once the pod has an IP
+    created: dt.datetime | None = None  # creationTimestamp
+    # While deleting: when its grace period ends (the API server's deletionTimestamp).
+    deletion_time: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +141,20 @@ def observe_pod(pod: dict[str, Any], job_uid: str) -> PodView | None:
         unschedulable=_unschedulable(conditions),
         message=(terminated or {}).get("message") or "",
         metrics_url=f"http://{_host(ip)}:{metrics_port}/metrics" if ip and metrics_port else "",
+        created=parse_time(meta.get("creationTimestamp")),
+        deletion_time=parse_time(meta.get("deletionTimestamp")),
     )
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """An RFC 3339 time from the API; None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _disruption(status: dict[str, Any], conditions: dict[str, Any]) -> str | None:

@@ -32,6 +32,7 @@ class Plan:
     create: list[build.Manifest] = field(default_factory=list)
     update: list[build.Manifest] = field(default_factory=list)  # objects whose spec to patch
     delete: list[str] = field(default_factory=list)  # pod names
+    force_delete: list[str] = field(default_factory=list)  # pod names, gracePeriodSeconds 0
     status: dict[str, Any] | None = None  # the whole new status, when it changed
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None  # seconds until a time-based decision is due
@@ -42,12 +43,20 @@ class Plan:
         """Delete these pods, except those already going or already in the plan."""
         self.delete += [p.name for p in pods if not p.deleting and p.name not in self.delete]
 
+    def look_again(self, seconds: float | None) -> None:
+        """Ask to be reconciled again in `seconds` (the earliest request wins)."""
+        if seconds is not None:
+            self.requeue_after = (
+                seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+            )
+
     @property
     def is_empty(self) -> bool:
         return not (
             self.create
             or self.update
             or self.delete
+            or self.force_delete
             or self.status
             or self.events
             or self.delete_job
@@ -59,6 +68,9 @@ class Settings:
     """How the operator (or `lightjob run`) tunes the decisions."""
 
     backoff_base: float = 10.0  # first back-off after a failure (doubles per failure)
+    # A pod still Terminating this long after its grace period ended is force-deleted: its
+    # node is gone or unreachable, and nothing else would ever remove it.
+    force_delete_after: float = 60.0
 
 
 @dataclass(slots=True)
@@ -104,17 +116,29 @@ def conclude(ctx: Context, reason: str = "") -> Plan:
     status.nodes = f"{status.ready_nodes}/{ctx.spec.num_nodes}"
     plan.reason = reason or status.phase
     set_conditions(status, reason or status.phase, ctx.now, ctx.job.generation)
-    if plan.requeue_after is None:
-        plan.requeue_after = next_due(ctx.spec, status, ctx.now)
+    plan.look_again(next_due(ctx))
     wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if wire != ctx.job.raw_status:
         plan.status = wire
     return plan
 
 
-def next_due(spec: LightningJobSpec, status: LightningJobStatus, now: dt.datetime) -> float | None:
+def force_delete_time(ctx: Context, pod: PodView) -> dt.datetime | None:
+    """When a pod that is being deleted is given up on and force-deleted."""
+    if pod.deletion_time is None:
+        return None
+    return pod.deletion_time + dt.timedelta(seconds=ctx.settings.force_delete_after)
+
+
+def next_due(ctx: Context) -> float | None:
     """Seconds until a decision that only time can trigger."""
-    moments = []
+    spec, status, now = ctx.spec, ctx.status, ctx.now
+    moments = [
+        when
+        for pod in ctx.pods
+        if pod.name not in ctx.plan.force_delete
+        and (when := force_delete_time(ctx, pod)) is not None
+    ]
     if status.phase == "Restarting" and status.next_attempt_time is not None:
         moments.append(status.next_attempt_time)
     deadline = spec.run_policy.active_deadline_seconds

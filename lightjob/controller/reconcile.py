@@ -30,7 +30,16 @@ from lightjob.controller.attempts import (
     tear_down,
 )
 from lightjob.controller.observe import JobView, PodGroupView, PodView
-from lightjob.controller.plan import TERMINAL, Context, Event, Plan, Settings, conclude, end_job
+from lightjob.controller.plan import (
+    TERMINAL,
+    Context,
+    Event,
+    Plan,
+    Settings,
+    conclude,
+    end_job,
+    force_delete_time,
+)
 from lightjob.controller.policy import judge
 from lightjob.controller.progress import Sample
 from lightjob.controller.status import set_conditions
@@ -92,6 +101,7 @@ def _decide(
     ctx: Context, service_exists: bool, sample: Sample | None, podgroup: PodGroupView | None
 ) -> Plan:
     job, spec, status, plan = ctx.job, ctx.spec, ctx.status, ctx.plan
+    _force_delete_stuck(ctx)
     if status.phase in TERMINAL:
         clean_up(ctx, ctx.pods)
         expire(ctx)
@@ -159,6 +169,24 @@ def _decide(
     if sample is not None and status.phase == "Running":
         progress.update(status, sample, ctx.now, spec.metrics.status_metrics)
     return _active(ctx, podgroup)
+
+
+def _force_delete_stuck(ctx: Context) -> None:
+    """A pod still Terminating well after its grace period ended (its node is NotReady or
+    gone, so no kubelet will ever finish its deletion) must not hold the job hostage:
+    delete it with gracePeriodSeconds 0. Whatever ran there can no longer reach its peers."""
+    for pod in ctx.pods:
+        due = force_delete_time(ctx, pod)
+        if due is None or ctx.now < due:
+            continue
+        ctx.plan.force_delete.append(pod.name)
+        late = int((ctx.now - pod.deletion_time).total_seconds()) if pod.deletion_time else 0
+        ctx.event(
+            "Warning",
+            "ForceDeleted",
+            f"pod {pod.name} was still terminating {late}s after its grace period ended "
+            "(its node may be unreachable): deleting it with gracePeriodSeconds 0",
+        )
 
 
 def _resize_elastic(ctx: Context) -> list[int]:

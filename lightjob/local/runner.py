@@ -93,7 +93,9 @@ class Run:
             for manifest in plan.create:
                 if manifest["kind"] == "Pod":
                     self.pods.create(manifest)
-            for pod in plan.delete:
+            # Local pods never stay Terminating (SIGKILL follows the grace period), so a
+            # force delete is a delete here.
+            for pod in plan.delete + plan.force_delete:
                 self.pods.delete(pod)
             for event in plan.events:
                 key = (event.reason, event.message)

@@ -50,6 +50,7 @@ class OperatorConfig:
     peering: str | None = None  # kopf peering object for leader election; None: standalone
     interval: float = 10.0  # seconds between safety-net reconciles of each job
     backoff_base: float = 10.0  # first back-off after a failure (doubles per failure)
+    force_delete_after: float = 60.0  # seconds past a pod's grace period before a force delete
     metrics_port: int | None = 8080
     progress_interval: float = 15.0  # at most one read of a job's progress per this many s
     log_format: str = "text"  # or "json": one object per line
@@ -86,7 +87,7 @@ class Reconciler:
     """
 
     client: KubeClient
-    backoff_base: float
+    settings: Settings
     progress_interval: float = 15.0
     _locks: defaultdict[str, threading.Lock] = field(
         default_factory=lambda: defaultdict(threading.Lock)
@@ -134,7 +135,7 @@ class Reconciler:
             pods,
             has_service,
             now,
-            settings=Settings(backoff_base=self.backoff_base),
+            settings=self.settings,
             sample=sample,
             podgroup=podgroup,
         )
@@ -266,7 +267,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         configuration.connection_pool_maxsize = settings.execution.max_workers or 32
         state["reconcile"] = Reconciler(
             KubeClient(kubernetes.client.ApiClient(configuration)),
-            config.backoff_base,
+            Settings(config.backoff_base, config.force_delete_after),
             config.progress_interval,
         )
         if config.metrics_port is not None:

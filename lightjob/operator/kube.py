@@ -102,6 +102,8 @@ class KubeClient:
             self.patch_spec(namespace, manifest)
         for pod in plan.delete:
             self.delete_pod(namespace, pod)
+        for pod in plan.force_delete:
+            self.delete_pod(namespace, pod, grace_period_seconds=0)
         if plan.delete_job:
             self._ignore(
                 404,
@@ -164,7 +166,11 @@ class KubeClient:
             ),
         )
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(
+        self, namespace: str, name: str, grace_period_seconds: int | None = None
+    ) -> None:
+        """Delete gracefully (the pod's own grace period), or with gracePeriodSeconds 0: at
+        once, without waiting for a kubelet to confirm (a force delete)."""
         deleted = self._ignore(
             404,
             lambda: self._call(
@@ -172,6 +178,7 @@ class KubeClient:
                 lambda: self.core.delete_namespaced_pod(
                     name,
                     namespace,
+                    grace_period_seconds=grace_period_seconds,
                     propagation_policy="Background",
                     _preload_content=False,
                     _request_timeout=TIMEOUT,

@@ -482,7 +482,7 @@ def test_an_endpoint_that_does_not_answer_is_read_less_and_less_often() -> None:
     import threading
     import time
 
-    from lightjob.controller import observe_job, observe_pod
+    from lightjob.controller import Settings, observe_job, observe_pod
     from lightjob.operator.handlers import Reconciler
 
     hits = []
@@ -518,7 +518,7 @@ def test_an_endpoint_that_does_not_answer_is_read_less_and_less_often() -> None:
                 "containerStatuses": [{"name": "trainer", "state": {"running": {}}}],
             },
         }
-        reconciler = Reconciler(client=None, backoff_base=1.0, progress_interval=0.05)  # type: ignore[arg-type]
+        reconciler = Reconciler(client=None, settings=Settings(), progress_interval=0.05)  # type: ignore[arg-type]
         view, node0 = observe_job(body), observe_pod(pod, "u1")
         assert node0 is not None
         deadline = time.monotonic() + 1.6

@@ -127,3 +127,33 @@ async def test_back_off_deadlines_and_ttl_come_on_time_without_the_periodic_time
         assert late
     finally:
         await operator.stop()
+
+
+# -- item 5: a pod stuck Terminating on a NotReady node ---------------------------------------------
+
+
+async def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted(emulated: Cluster) -> None:
+    operator = OperatorRun(emulated, force_delete_after=1.0)
+    await operator.start()
+    try:
+        emulated.api.create(JOBS, "default", job(runPolicy={"terminationGracePeriodSeconds": 1}))
+        await emulated.wait(lambda: phase(emulated) == "Running", what="Running")
+        node = emulated.kubelet.lose_node("demo-node-1")
+        assert emulated.api.get("v1/nodes", "", node)["status"]["conditions"][0]["status"] == (
+            "Unknown"
+        )
+        await emulated.wait(lambda: status_of(emulated).get("preemptions") == 1, what="preempted")
+        # The taint manager's deletion never completes: no kubelet answers on that node.
+        stuck = emulated.pods()["demo-node-1"]
+        assert stuck["metadata"]["deletionTimestamp"]
+        await emulated.wait(
+            lambda: status_of(emulated).get("attempt") == 2 and phase(emulated) == "Running",
+            timeout=30,
+            what="attempt 2 once the stuck pod is force-deleted",
+        )
+        (forced,) = events_with(emulated, "ForceDeleted")
+        assert "pod demo-node-1 was still terminating" in forced
+        assert "gracePeriodSeconds 0" in forced
+        assert emulated.pods()["demo-node-1"]["spec"]["nodeName"] != node
+    finally:
+        await operator.stop()

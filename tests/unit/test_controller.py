@@ -417,6 +417,36 @@ def test_pods_from_an_interrupted_plan_are_adopted_not_duplicated() -> None:
     assert plan.status is not None and plan.status["attempt"] == 2 and not plan.delete
 
 
+@pytest.mark.parametrize(
+    ("grace_ends", "forced", "requeue"),
+    [
+        ("2026-11-27T11:58:00Z", True, None),  # two minutes past its grace period
+        ("2026-11-27T11:59:00Z", True, None),  # exactly the margin (60 s) past it
+        ("2026-11-27T11:59:45Z", False, 45.0),  # not yet: look again when it is due
+        ("2026-11-27T12:00:30Z", False, 90.0),  # still in its grace period
+    ],
+)
+def test_a_pod_stuck_terminating_is_force_deleted_after_its_grace_period_and_a_margin(
+    grace_ends: str, forced: bool, requeue: float | None
+) -> None:
+    body = job_body(
+        {
+            "phase": "Restarting",
+            "attempt": 1,
+            "replicas": 2,
+            "restarts": 1,
+            "nextAttemptTime": "2026-11-27T11:00:00Z",
+        }
+    )
+    stuck = pod(1, deleting=True)
+    stuck["metadata"]["deletionTimestamp"] = grace_ends
+    plan = plan_for(body, [stuck])
+    assert plan.force_delete == (["demo-node-1"] if forced else [])
+    assert not plan.create and not plan.delete  # the next attempt waits until it is gone
+    assert [e.reason for e in plan.events] == (["ForceDeleted"] if forced else [])
+    assert plan.requeue_after == requeue
+
+
 def test_pods_the_job_does_not_own_are_never_touched() -> None:
     stranger = pod(0)
     stranger["metadata"]["ownerReferences"] = [{"uid": "someone-else", "controller": True}]
