@@ -29,6 +29,7 @@ import json
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp.web
@@ -117,6 +118,9 @@ class Emulator(kmock.KubernetesScaffold):
         # Faults to inject: (method, path fragment, status code, times left).
         self.faults: list[list[Any]] = []
         self.after_write: Any = None  # called with (method, resource, name) after each write
+        # Admission refusals injected per request: (resource, namespace, object) -> an
+        # ApiError to answer with, or None (see exceeded_quota and denied_by_policy).
+        self.admission: list[Callable[[str, str, dict[str, Any]], ApiError | None]] = []
         self._rv = itertools.count(1)
         crd = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         self._job_schema = jsonschema.Draft4Validator(crd)
@@ -205,6 +209,7 @@ class Emulator(kmock.KubernetesScaffold):
                     params.get("fieldSelector", ""),
                 ), 200
             if method == "POST":
+                self._admit(resource, namespace or "", data or {})
                 return self.create(resource, namespace or "", data), 201
             raise ApiError(405, "MethodNotAllowed", f"{method} on a collection")
         if method == "GET":
@@ -481,6 +486,29 @@ class Emulator(kmock.KubernetesScaffold):
     def _current_rv(self) -> int:
         return self.history[-1][0] if self.history else 0
 
+    # -- admission: what a valid create may still be refused by --------------------------------
+
+    def _admit(self, resource: str, namespace: str, obj: dict[str, Any]) -> None:
+        """Requests only (the tests' and the kubelet's direct calls skip it), as admission
+        plugins and webhooks see them: the injected refusals, then Pod Security admission
+        for namespaces labelled pod-security.kubernetes.io/enforce."""
+        for rule in self.admission:
+            error = rule(resource, namespace, obj)
+            if error is not None:
+                raise error
+        if resource == "v1/pods":
+            ns = self.find("v1/namespaces", "", namespace) or {}
+            level = (ns.get("metadata", {}).get("labels") or {}).get(PSA_LABEL)
+            problems = pod_security_problems(obj, level) if level else []
+            if problems:
+                name = obj.get("metadata", {}).get("name")
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'pods "{name}" is forbidden: violates PodSecurity "{level}:latest": '
+                    + ", ".join(problems),
+                )
+
     # -- LightningJob specifics ----------------------------------------------------------------------
 
     def _validate_job(self, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
@@ -517,6 +545,143 @@ class Emulator(kmock.KubernetesScaffold):
             raise ApiError(422, "Invalid", "spec.replicas: Required value")
         self.update(key[0], key[1], key[2], None, {"spec": {"numNodes": replicas}})
         return self._scale_of(self.store[key])
+
+
+# -- admission refusals, as the API server words them -------------------------------------------
+
+PSA_LABEL = "pod-security.kubernetes.io/enforce"
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def exceeded_quota(
+    names: set[str],
+    quota: str = "team-gpus",
+    resource: str = "requests.nvidia.com/gpu",
+    requested: str = "8",
+    used: str = "16",
+    limited: str = "16",
+) -> Callable[[str, str, dict[str, Any]], ApiError | None]:
+    """A ResourceQuota with no room left for these pods (403 Forbidden)."""
+
+    def rule(path: str, namespace: str, obj: dict[str, Any]) -> ApiError | None:
+        name = obj.get("metadata", {}).get("name")
+        if path != "v1/pods" or name not in names:
+            return None
+        return ApiError(
+            403,
+            "Forbidden",
+            f'pods "{name}" is forbidden: exceeded quota: {quota}, requested: '
+            f"{resource}={requested}, used: {resource}={used}, limited: {resource}={limited}",
+        )
+
+    return rule
+
+
+def denied_by_policy(
+    names: set[str], message: str, policy: str = "require-team-label"
+) -> Callable[[str, str, dict[str, Any]], ApiError | None]:
+    """A ValidatingAdmissionPolicy that denies these pods (its default reason: 422 Invalid)."""
+
+    def rule(path: str, namespace: str, obj: dict[str, Any]) -> ApiError | None:
+        name = obj.get("metadata", {}).get("name")
+        if path != "v1/pods" or name not in names:
+            return None
+        return ApiError(
+            422,
+            "Invalid",
+            f"pods \"{name}\" is forbidden: ValidatingAdmissionPolicy '{policy}' with binding "
+            f"'{policy}-binding' denied request: {message}",
+        )
+
+    return rule
+
+
+def pod_security_problems(pod: dict[str, Any], level: str) -> list[str]:
+    """What Pod Security admission finds wrong with a pod at `level` (baseline or
+    restricted), in its words; privileged finds nothing."""
+    if level not in ("baseline", "restricted"):
+        return []
+    spec = pod.get("spec") or {}
+    pod_context = spec.get("securityContext") or {}
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    problems = []
+    hosts = [k for k in ("hostNetwork", "hostPID", "hostIPC") if spec.get(k)]
+    if hosts:
+        problems.append(f"host namespaces ({', '.join(f'{k}=true' for k in hosts)})")
+    for c in containers:
+        if (c.get("securityContext") or {}).get("privileged"):
+            problems.append(
+                f'privileged (container "{c["name"]}" must not set securityContext.privileged=true)'
+            )
+    for volume in spec.get("volumes") or []:
+        if "hostPath" in volume:
+            problems.append(f'hostPath volumes (volume "{volume["name"]}")')
+    if level == "baseline":
+        return problems
+    for volume in spec.get("volumes") or []:
+        kinds = [k for k in volume if k != "name"]
+        if kinds and kinds[0] not in RESTRICTED_VOLUMES and kinds[0] != "hostPath":
+            problems.append(
+                f'restricted volume types (volume "{volume["name"]}" uses restricted volume '
+                f'type "{kinds[0]}")'
+            )
+    for c in containers:
+        context = c.get("securityContext") or {}
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(
+                f'allowPrivilegeEscalation != false (container "{c["name"]}" must set '
+                "securityContext.allowPrivilegeEscalation=false)"
+            )
+    for c in containers:
+        capabilities = (c.get("securityContext") or {}).get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []):
+            problems.append(
+                f'unrestricted capabilities (container "{c["name"]}" must set '
+                'securityContext.capabilities.drop=["ALL"])'
+            )
+        extra = [a for a in capabilities.get("add") or [] if a != "NET_BIND_SERVICE"]
+        if extra:
+            problems.append(
+                f'unrestricted capabilities (container "{c["name"]}" must not include '
+                f'"{extra[0]}" in securityContext.capabilities.add)'
+            )
+    non_root = [
+        c["name"]
+        for c in containers
+        if (c.get("securityContext") or {}).get("runAsNonRoot", pod_context.get("runAsNonRoot"))
+        is not True
+    ]
+    if non_root:
+        problems.append(
+            f'runAsNonRoot != true (pod or container "{non_root[0]}" must set '
+            "securityContext.runAsNonRoot=true)"
+        )
+    for c in containers:
+        if (c.get("securityContext") or {}).get("runAsUser", pod_context.get("runAsUser")) == 0:
+            problems.append(f'runAsUser=0 (container "{c["name"]}" must not set runAsUser=0)')
+    unconfined = [
+        c["name"]
+        for c in containers
+        if ((c.get("securityContext") or {}).get("seccompProfile") or {}).get(
+            "type", (pod_context.get("seccompProfile") or {}).get("type")
+        )
+        not in ("RuntimeDefault", "Localhost")
+    ]
+    if unconfined:
+        problems.append(
+            f'seccompProfile (pod or container "{unconfined[0]}" must set '
+            'securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")'
+        )
+    return problems
 
 
 def _route(path: str) -> tuple[str, str | None, str | None, str | None] | None:

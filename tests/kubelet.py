@@ -38,6 +38,7 @@ class Kubelet:
         self.namespace = namespace
         self.unschedulable: dict[str, str] = {}  # pod name -> the scheduler's message
         self.sigterm_exit: dict[str, int] = {}  # pod name -> its trainer's code on SIGTERM
+        self.missing_images: set[str] = set()  # images no registry has: ImagePullBackOff
         self.linger = 0.2  # seconds between a deleted pod's final status and its removal
         self.lost_nodes: set[str] = set()  # NotReady: their kubelets no longer act
         self._removing: set[str] = set()
@@ -111,6 +112,10 @@ class Kubelet:
                 node += "-x"
             self._ensure_node(node)
             self.api.update(PODS, self.namespace, name, None, {"spec": {"nodeName": node}})
+            image = next(c["image"] for c in spec["containers"] if c["name"] == "trainer")
+            if image in self.missing_images:
+                self._pull_fails(name, image)
+                return
             self._status(
                 name,
                 {
@@ -125,6 +130,23 @@ class Kubelet:
                     ],
                 },
             )
+
+    def _pull_fails(self, name: str, image: str) -> None:
+        """What the kubelet reports for an image it cannot pull, after the first retry."""
+        waiting = {
+            "reason": "ImagePullBackOff",
+            "message": f'Back-off pulling image "{image}"',
+        }
+        self._status(
+            name,
+            {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [
+                    {"name": "trainer", "ready": False, "state": {"waiting": waiting}}
+                ],
+            },
+        )
 
     def _remove(self, name: str) -> None:
         """The kubelet's last word on a deleted pod: remove it (a zero-grace delete)."""

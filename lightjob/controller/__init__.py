@@ -8,6 +8,7 @@ from lightjob.controller.observe import (
     JobView,
     PodGroupView,
     PodView,
+    Refused,
     observe_job,
     observe_pod,
     observe_podgroup,
@@ -15,6 +16,7 @@ from lightjob.controller.observe import (
 from lightjob.controller.plan import Event, Plan, Settings
 from lightjob.controller.progress import Sample, parse
 from lightjob.controller.reconcile import reconcile
+from lightjob.controller.starting import record_refusal
 
 __all__ = [
     "Event",
@@ -22,6 +24,7 @@ __all__ = [
     "Plan",
     "PodGroupView",
     "PodView",
+    "Refused",
     "Sample",
     "Settings",
     "build_pod",
@@ -32,5 +35,6 @@ __all__ = [
     "parse",
     "pod_name",
     "reconcile",
+    "record_refusal",
     "selector",
 ]

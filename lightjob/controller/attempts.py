@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from lightjob.controller import build
 from lightjob.controller.observe import PodView
-from lightjob.controller.plan import Context, Plan, conclude, end_job
+from lightjob.controller.plan import Context, Plan, clear_refusal, conclude, end_job
 from lightjob.controller.policy import Outcome
 
 # Kubernetes Job's back-off: 10 s, doubled per failure, at most 6 minutes.
@@ -80,6 +79,7 @@ def tear_down(ctx: Context, at: dt.datetime, message: str) -> None:
     plan.delete_pods(ctx.current)
     status.phase, status.next_attempt_time, status.message = "Restarting", at, message
     status.ready_nodes = 0
+    clear_refusal(ctx, "AttemptEnded")
 
 
 def restart_when_clear(ctx: Context, reason: str) -> Plan:
@@ -96,7 +96,7 @@ def restart_when_clear(ctx: Context, reason: str) -> Plan:
 
 def next_attempt(ctx: Context) -> Plan:
     """Between attempts: wait for the old gang to go and for the back-off, then start."""
-    status, spec, job = ctx.status, ctx.spec, ctx.job
+    status = ctx.status
     ctx.plan.delete_pods(ctx.pods)
     if ctx.pods:
         status.message = status.message or "waiting for the previous attempt's pods to stop"
@@ -104,17 +104,14 @@ def next_attempt(ctx: Context) -> Plan:
     if status.next_attempt_time is not None and ctx.now < status.next_attempt_time:
         return conclude(ctx, "BackingOff")
     status.attempt += 1
-    status.replicas = spec.num_nodes
+    status.replicas = ctx.num_nodes
     status.phase, status.ready_nodes = "Pending", 0
     status.attempt_start_time, status.next_attempt_time = ctx.now, None
     status.start_time = status.start_time or ctx.now
     status.message = progress_message(ctx)
-    ctx.plan.create += [
-        build.build_pod(job.name, job.namespace, job.uid, spec, rank, status.attempt)
-        for rank in range(spec.num_nodes)
-    ]
+    ctx.plan.create += [ctx.build_pod(rank) for rank in range(status.replicas)]
     ctx.event(
-        "Normal", "AttemptStarted", f"attempt {status.attempt} started on {spec.num_nodes} nodes"
+        "Normal", "AttemptStarted", f"attempt {status.attempt} started on {status.replicas} nodes"
     )
     return conclude(ctx, "AttemptStarted")
 
@@ -125,7 +122,8 @@ def suspend(ctx: Context) -> Plan:
     ctx.plan.delete_pods(pods)
     if status.phase != "Suspended":
         ctx.event("Normal", "Suspended", "suspended: stopping all nodes")
-    status.phase, status.ready_nodes = "Suspended", 0
+    status.phase, status.ready_nodes, status.resized_from = "Suspended", 0, None
+    clear_refusal(ctx, "Suspended")
     status.message = (
         "suspended" if not pods else f"suspending: waiting for {len(pods)} pods to stop"
     )

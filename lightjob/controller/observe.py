@@ -45,9 +45,25 @@ class PodView:
     unschedulable: str | None  # the scheduler's message while it cannot be placed
     message: str = ""  # the trainer's termination message (final metrics, or a log tail)
     metrics_url: str = ""  # rank 0's Prometheus endpoint, once the pod has an IP
+    # Why the trainer container is not running yet (ImagePullBackOff, ...), and the detail.
+    waiting: str = ""
+    waiting_message: str = ""
     created: dt.datetime | None = None  # creationTimestamp
     # While deleting: when its grace period ends (the API server's deletionTimestamp).
     deletion_time: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The API refused to create an object a plan asked for (403 from a ResourceQuota or
+    Pod Security admission, 422 from a policy, a webhook's denial): its code, reason and
+    message, as the API gave them."""
+
+    kind: str
+    name: str
+    code: int
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +157,8 @@ def observe_pod(pod: dict[str, Any], job_uid: str) -> PodView | None:
         unschedulable=_unschedulable(conditions),
         message=(terminated or {}).get("message") or "",
         metrics_url=f"http://{_host(ip)}:{metrics_port}/metrics" if ip and metrics_port else "",
+        waiting=str((state.get("waiting") or {}).get("reason") or ""),
+        waiting_message=str((state.get("waiting") or {}).get("message") or ""),
         created=parse_time(meta.get("creationTimestamp")),
         deletion_time=parse_time(meta.get("deletionTimestamp")),
     )

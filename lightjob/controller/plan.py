@@ -11,10 +11,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightjob.api.models import LightningJobSpec, LightningJobStatus
+from lightjob.api.models import STUCK_SECONDS, LightningJobSpec, LightningJobStatus
 from lightjob.controller import build
-from lightjob.controller.observe import JobView, PodView
-from lightjob.controller.status import set_conditions
+from lightjob.controller.observe import JobView, PodGroupView, PodView
+from lightjob.controller.status import set_condition, set_conditions
 
 TERMINAL = ("Succeeded", "Failed")
 
@@ -84,6 +84,8 @@ class Context:
     pods: list[PodView]  # every pod of the job, of any attempt
     now: dt.datetime
     settings: Settings
+    service_exists: bool = True
+    podgroup: PodGroupView | None = None  # the job's PodGroup, with gang scheduling
     plan: Plan = field(default_factory=Plan)
 
     @property
@@ -99,21 +101,59 @@ class Context:
     def event(self, type: str, reason: str, message: str, cause: str = "") -> None:
         self.plan.events.append(Event(type, reason, message, cause))
 
+    @property
+    def num_nodes(self) -> int:
+        """The size to run at: spec.numNodes, unless a scale-up to it could not be placed
+        and was rolled back (then the size kept, until numNodes changes again)."""
+        rejected = self.status.rejected_num_nodes
+        if rejected is not None and rejected == self.spec.num_nodes:
+            return self.status.replicas
+        return self.spec.num_nodes
+
+    def build_pod(self, rank: int) -> build.Manifest:
+        """Rank `rank`'s pod of the current attempt, for a gang of `num_nodes`."""
+        spec = self.spec
+        if self.num_nodes != spec.num_nodes:
+            spec = spec.model_copy(update={"num_nodes": self.num_nodes})
+        job = self.job
+        return build.build_pod(job.name, job.namespace, job.uid, spec, rank, self.status.attempt)
+
 
 def end_job(ctx: Context, phase: str, reason: str, message: str) -> None:
     """The job is over: Succeeded or Failed, with an event that says why."""
     status = ctx.status
     status.phase, status.message = phase, message  # type: ignore[assignment]
     status.completion_time, status.next_attempt_time = ctx.now, None
-    status.ready_nodes = 0
+    status.ready_nodes, status.resized_from = 0, None
+    clear_refusal(ctx, "JobFinished")
     ctx.event("Normal" if phase == "Succeeded" else "Warning", reason, message)
+
+
+REFUSED = "PodCreationRefused"  # the condition while the API refuses one of the job's objects
+
+
+def clear_refusal(ctx: Context, reason: str, message: str = "") -> None:
+    """The refusal is over: the object exists now, or the attempt ended."""
+    if ctx.status.refusal is not None:
+        ctx.status.refusal = None
+        set_condition(ctx.status, REFUSED, False, reason, message, ctx.now, ctx.job.generation)
 
 
 def conclude(ctx: Context, reason: str = "") -> Plan:
     """Finish the status (conditions, node counts, when to look again) and attach it to
     the plan if anything changed."""
     status, plan = ctx.status, ctx.plan
-    status.nodes = f"{status.ready_nodes}/{ctx.spec.num_nodes}"
+    # A pod name still taken (say by an old attempt's pod that is shutting down) is never
+    # created twice: the pod is created by a later reconcile, once the name is free.
+    taken = {p.name for p in ctx.pods}
+    plan.create = [
+        m for m in plan.create if m["kind"] != "Pod" or m["metadata"]["name"] not in taken
+    ]
+    refusal = status.refusal
+    if plan.create and refusal is not None and ctx.now < refusal.retry_time:
+        plan.create = []  # the API refused the last try: wait out the back-off
+        plan.look_again((refusal.retry_time - ctx.now).total_seconds())
+    status.nodes = f"{status.ready_nodes}/{ctx.num_nodes}"
     plan.reason = reason or status.phase
     set_conditions(status, reason or status.phase, ctx.now, ctx.job.generation)
     plan.look_again(next_due(ctx))
@@ -121,6 +161,16 @@ def conclude(ctx: Context, reason: str = "") -> Plan:
     if wire != ctx.job.raw_status:
         plan.status = wire
     return plan
+
+
+def give_up_time(ctx: Context, since: dt.datetime, unschedulable: bool = False) -> dt.datetime:
+    """When a gang stuck since `since` gives up: after pendingDeadlineSeconds, or (for what
+    waits on a person, not on capacity: refusals, containers that cannot start) after
+    STUCK_SECONDS when it is unset. Unschedulable pods without a deadline wait forever."""
+    pending = ctx.spec.run_policy.pending_deadline_seconds
+    if pending is None and unschedulable:
+        return dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+    return since + dt.timedelta(seconds=pending if pending is not None else STUCK_SECONDS)
 
 
 def force_delete_time(ctx: Context, pod: PodView) -> dt.datetime | None:
@@ -144,9 +194,8 @@ def next_due(ctx: Context) -> float | None:
     deadline = spec.run_policy.active_deadline_seconds
     if deadline and status.start_time and status.phase not in TERMINAL:
         moments.append(status.start_time + dt.timedelta(seconds=deadline))
-    pending = spec.run_policy.pending_deadline_seconds
-    if pending and status.phase == "Pending" and status.attempt_start_time:
-        moments.append(status.attempt_start_time + dt.timedelta(seconds=pending))
+    if status.refusal is not None:
+        moments += [status.refusal.retry_time, give_up_time(ctx, status.refusal.since)]
     # A moment already past was decided on in this reconcile (what is left waits for pods,
     # not for time), so only those ahead count.
     future = [(m - now).total_seconds() for m in moments if m > now]

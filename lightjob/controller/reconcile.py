@@ -36,12 +36,14 @@ from lightjob.controller.plan import (
     Event,
     Plan,
     Settings,
+    clear_refusal,
     conclude,
     end_job,
     force_delete_time,
 )
 from lightjob.controller.policy import judge
 from lightjob.controller.progress import Sample
+from lightjob.controller.starting import blocks, while_blocked
 from lightjob.controller.status import set_conditions
 
 DEFAULT_SETTINGS = Settings()
@@ -66,15 +68,8 @@ def reconcile(
     status = job.status.model_copy(deep=True)
     status.observed_generation = job.generation
     status.selector = build.selector(job.name)
-    ctx = Context(job, job.spec, status, pods, now, settings)
-    plan = _decide(ctx, service_exists, sample, podgroup)
-    # A pod name still taken (say by an old attempt's pod that is shutting down) is never
-    # created twice: the pod is created by a later reconcile, once the name is free.
-    taken = {p.name for p in pods}
-    plan.create = [
-        m for m in plan.create if m["kind"] != "Pod" or m["metadata"]["name"] not in taken
-    ]
-    return plan
+    ctx = Context(job, job.spec, status, pods, now, settings, service_exists, podgroup)
+    return _decide(ctx, sample)
 
 
 def _unreadable(job: JobView, pods: list[PodView], now: dt.datetime) -> Plan:
@@ -97,24 +92,23 @@ def _unreadable(job: JobView, pods: list[PodView], now: dt.datetime) -> Plan:
     return plan
 
 
-def _decide(
-    ctx: Context, service_exists: bool, sample: Sample | None, podgroup: PodGroupView | None
-) -> Plan:
+def _decide(ctx: Context, sample: Sample | None) -> Plan:
     job, spec, status, plan = ctx.job, ctx.spec, ctx.status, ctx.plan
     _force_delete_stuck(ctx)
+    _note_created(ctx)
     if status.phase in TERMINAL:
         clean_up(ctx, ctx.pods)
         expire(ctx)
         return conclude(ctx)
 
-    if not service_exists:
+    if not ctx.service_exists:
         plan.create.append(build.build_service(job.name, job.namespace, job.uid, spec))
-    _gang(ctx, podgroup)  # before any pod, which the scheduler would hold
+    _gang(ctx)  # before any pod, which the scheduler would hold
     # Pods of a newer attempt than the status says: the operator stopped after creating
     # them and before writing status. Adopt that attempt rather than start another.
     attempt = max([status.attempt, *(p.attempt for p in ctx.pods)])
     if attempt != status.attempt:
-        status.attempt, status.phase, status.replicas = attempt, "Pending", spec.num_nodes
+        status.attempt, status.phase, status.replicas = attempt, "Pending", ctx.num_nodes
         status.attempt_start_time = status.attempt_start_time or ctx.now
     plan.delete_pods([p for p in ctx.pods if p.attempt != attempt])
 
@@ -138,24 +132,27 @@ def _decide(
         return next_attempt(ctx)
 
     added: list[int] = []
-    if spec.num_nodes != status.replicas:
+    if ctx.num_nodes != status.replicas:
         if spec.rendezvous.backend != "c10d":
             # A fixed world size cannot change under a running gang: restart at the new
             # size; the runtime resumes from the checkpoint and re-shards the data.
+            _grow_from(ctx)
             status.resizes += 1
             ctx.event(
                 "Normal",
                 "Resized",
-                f"resizing from {status.replicas} to {spec.num_nodes} nodes: new attempt",
+                f"resizing from {status.replicas} to {ctx.num_nodes} nodes: new attempt",
             )
-            tear_down(ctx, ctx.now, f"resizing to {spec.num_nodes} nodes")
+            tear_down(ctx, ctx.now, f"resizing to {ctx.num_nodes} nodes")
             return restart_when_clear(ctx, "Resizing")
         added = _resize_elastic(ctx)
     # A pod beyond the gang's size (left by an interrupted plan) has no place in it.
     plan.delete_pods([p for p in ctx.current if p.rank >= status.replicas])
 
-    # Once the gang ran, each of its pods must exist: one that is gone was taken away.
-    expected = set(range(status.replicas)) - set(added) if status.phase == "Running" else set()
+    # Once the gang ran, each of its pods must exist: one that is gone was taken away. (The
+    # new pods of a scale-up may not exist yet, or have been refused.)
+    ran = status.resized_from if status.resized_from is not None else status.replicas
+    expected = set(range(ran)) - set(added) if status.phase == "Running" else set()
     outcome = judge(ctx.members, status.phase, expected)
     if outcome.kind == "succeeded":
         _final_progress(status, next((p for p in ctx.current if p.rank == 0), None), ctx.now)
@@ -168,7 +165,34 @@ def _decide(
         return after_failure(ctx, outcome)
     if sample is not None and status.phase == "Running":
         progress.update(status, sample, ctx.now, spec.metrics.status_metrics)
-    return _active(ctx, podgroup)
+    return _active(ctx)
+
+
+def _note_created(ctx: Context) -> None:
+    """A refused object that exists now ends the refusal; a numNodes the user changed
+    since a scale-up to it was rolled back is tried afresh."""
+    status = ctx.status
+    refusal = status.refusal
+    if refusal is not None:
+        exists = {
+            "Pod": any(p.name == refusal.name for p in ctx.pods),
+            "Service": ctx.service_exists,
+            "PodGroup": ctx.podgroup is not None,
+        }.get(refusal.kind, False)
+        if exists:
+            clear_refusal(ctx, "Created", f"{refusal.kind.lower()} {refusal.name} was created")
+    if status.rejected_num_nodes not in (None, ctx.spec.num_nodes):
+        status.rejected_num_nodes = None
+
+
+def _grow_from(ctx: Context) -> None:
+    """Remember the size a running gang grows from, so that a scale-up that cannot be
+    placed can go back to it."""
+    status = ctx.status
+    if status.phase != "Running":
+        return
+    base = status.resized_from if status.resized_from is not None else status.replicas
+    status.resized_from = base if ctx.num_nodes > base else None
 
 
 def _force_delete_stuck(ctx: Context) -> None:
@@ -190,83 +214,63 @@ def _force_delete_stuck(ctx: Context) -> None:
 
 
 def _resize_elastic(ctx: Context) -> list[int]:
-    """Add or remove pods in place; torchrun's elastic agents re-form the group."""
-    job, spec, status = ctx.job, ctx.spec, ctx.status
-    ctx.event(
-        "Normal", "Resized", f"elastic resize from {status.replicas} to {spec.num_nodes} nodes"
-    )
-    ctx.plan.delete_pods([p for p in ctx.current if p.rank >= spec.num_nodes])
+    """Add or remove pods in place; torchrun's elastic agents re-form the group, and the
+    job keeps running while new pods start."""
+    status, target = ctx.status, ctx.num_nodes
+    ctx.event("Normal", "Resized", f"elastic resize from {status.replicas} to {target} nodes")
+    _grow_from(ctx)
+    ctx.plan.delete_pods([p for p in ctx.current if p.rank >= target])
     existing = {p.rank for p in ctx.current}
-    added = [r for r in range(status.replicas, spec.num_nodes) if r not in existing]
-    ctx.plan.create += [
-        build.build_pod(job.name, job.namespace, job.uid, spec, r, status.attempt) for r in added
-    ]
-    status.replicas = spec.num_nodes
+    added = [r for r in range(status.replicas, target) if r not in existing]
+    ctx.plan.create += [ctx.build_pod(r) for r in added]
+    status.replicas = target
     return added
 
 
-def _gang(ctx: Context, observed: PodGroupView | None) -> None:
-    """Create the PodGroup, or bring its spec (minMember follows numNodes) up to date."""
-    job = ctx.job
-    desired = build.build_podgroup(job.name, job.namespace, job.uid, ctx.spec)
+def _gang(ctx: Context) -> None:
+    """Create the PodGroup, or bring its spec (minMember follows the size) up to date."""
+    job, spec = ctx.job, ctx.spec
+    if ctx.num_nodes != spec.num_nodes:
+        spec = spec.model_copy(update={"num_nodes": ctx.num_nodes})
+    desired = build.build_podgroup(job.name, job.namespace, job.uid, spec)
     if desired is None:
         return
-    if observed is None:
+    if ctx.podgroup is None:
         ctx.plan.create.append(desired)
-    elif any(observed.spec.get(k) != v for k, v in desired["spec"].items()):
+    elif any(ctx.podgroup.spec.get(k) != v for k, v in desired["spec"].items()):
         ctx.plan.update.append(desired)
 
 
-def _active(ctx: Context, podgroup: PodGroupView | None) -> Plan:
-    """An attempt in progress: fill in pods never created, report progress, enforce the
-    pending deadline."""
-    job, spec, status, plan = ctx.job, ctx.spec, ctx.status, ctx.plan
+def _active(ctx: Context) -> Plan:
+    """An attempt in progress: fill in pods never created, report progress, and say why
+    the gang waits, until it gives up (starting.py)."""
+    status, plan = ctx.status, ctx.plan
     members = ctx.members
     ranks = {p.rank for p in members} | {
         int(m["metadata"]["labels"][build.RANK_LABEL]) for m in plan.create if m["kind"] == "Pod"
     }
     # Before the gang first ran, a missing pod was never created (or the operator stopped
-    # mid-plan): create it. Once running, a missing pod is a preemption (see policy.judge).
-    missing = [r for r in range(status.replicas) if r not in ranks]
-    if missing and status.phase != "Running":
-        plan.create += [
-            build.build_pod(job.name, job.namespace, job.uid, spec, r, status.attempt)
-            for r in missing
-        ]
+    # mid-plan, or the API refused it): create it. Once running, a missing pod is a
+    # preemption (see policy.judge), except the new ones of a scale-up.
+    scaling = status.phase == "Running" and status.resized_from is not None
+    first = status.resized_from if scaling and status.resized_from is not None else 0
+    if status.phase != "Running" or scaling:
+        plan.create += [ctx.build_pod(r) for r in range(first, status.replicas) if r not in ranks]
     ready = sum(p.running for p in members)
     status.ready_nodes = ready
     if ready == status.replicas:
-        if status.phase != "Running":
+        if status.phase != "Running" or scaling:
             ctx.event("Normal", "Running", f"all {ready} nodes are running")
-        status.phase = "Running"
+        status.phase, status.resized_from = "Running", None
         status.message = progress_message(ctx)
         return conclude(ctx, "AllNodesRunning")
-    status.phase = "Pending"
-    unschedulable = next((p for p in members if p.unschedulable), None)
-    if unschedulable is not None:
-        message = f"node {unschedulable.rank} cannot be scheduled: {unschedulable.unschedulable}"
-    elif podgroup is not None and podgroup.unschedulable:
-        message = (
-            f"the gang of {status.replicas} nodes cannot be scheduled: {podgroup.unschedulable}"
-        )
-    else:
-        status.message = progress_message(ctx)
-        return conclude(ctx, "WaitingForNodes")
-    if status.message != message:
-        ctx.event("Warning", "Unschedulable", message)
-    status.message = message
-    pending = spec.run_policy.pending_deadline_seconds
-    started = status.attempt_start_time or ctx.now
-    if pending and (ctx.now - started).total_seconds() >= pending:
-        end_job(
-            ctx,
-            "Failed",
-            "PendingDeadlineExceeded",
-            f"pods stayed unschedulable longer than pendingDeadlineSeconds={pending}: {message}",
-        )
-        clean_up(ctx, ctx.current)
-        return conclude(ctx, "PendingDeadlineExceeded")
-    return conclude(ctx, "Unschedulable")
+    if not scaling:
+        status.phase = "Pending"  # a scale-up runs on while its new pods start
+    found = blocks(ctx)
+    if found:
+        return while_blocked(ctx, found)
+    status.message = progress_message(ctx)
+    return conclude(ctx, "ScalingUp" if scaling else "WaitingForNodes")
 
 
 def _final_progress(status: LightningJobStatus, node0: PodView | None, now: dt.datetime) -> None:

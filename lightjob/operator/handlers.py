@@ -36,6 +36,7 @@ from lightjob.controller import (
     observe_podgroup,
     parse,
     reconcile,
+    record_refusal,
 )
 from lightjob.controller.build import JOB_LABEL, PODGROUP_API
 from lightjob.operator import metrics
@@ -139,7 +140,17 @@ class Reconciler:
             sample=sample,
             podgroup=podgroup,
         )
-        self.client.apply(namespace, name, plan, job.raw_status)
+        refused = self.client.apply(namespace, name, plan, job.raw_status)
+        if refused is not None:
+            # The API refused a pod (quota, Pod Security, a webhook): the controller records
+            # it in status and says when to try again.
+            written = plan.status if plan.status is not None else job.raw_status
+            after = observe_job({**body, "status": written})
+            then = record_refusal(after, refused, now, self.settings)
+            self.client.apply(namespace, name, then, written)
+            plan.events += then.events
+            plan.status, plan.requeue_after = then.status or plan.status, then.requeue_after
+            plan.reason = then.reason
         for event in plan.events:
             kopf.event(cast(Any, body), type=event.type, reason=event.reason, message=event.message)
             _count(event)

@@ -16,12 +16,15 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from lightjob.api.models import GROUP, PLURAL, VERSION
-from lightjob.controller import Plan, selector
+from lightjob.controller import Plan, Refused, selector
 from lightjob.operator import metrics
 
 log = logging.getLogger("lightjob.operator")
 T = TypeVar("T")
 RETRIABLE = {409, 429, 500, 502, 503, 504}
+# A create the API refuses for what it is (quota, Pod Security, a policy or a webhook, an
+# invalid object): retrying at once would only be refused again.
+REFUSALS = {400, 403, 422}
 # (connect, read) seconds: a hung API call must not hold a reconcile (or the operator's
 # shutdown) forever. Watches are kopf's and have their own timeouts.
 TIMEOUT = (5.0, 30.0)
@@ -91,19 +94,26 @@ class KubeClient:
                 return False
             raise
 
-    def apply(self, namespace: str, name: str, plan: Plan, current_status: dict[str, Any]) -> None:
-        """Status first, then the pods: if the operator stops half-way, the next reconcile
-        reads the decision from the status and finishes the teardown or the start."""
+    def apply(
+        self, namespace: str, name: str, plan: Plan, current_status: dict[str, Any]
+    ) -> Refused | None:
+        """Status first, then the objects: if the operator stops half-way, the next
+        reconcile reads the decision from the status and finishes the teardown or the start.
+        Deletions go before creations (they free quota). The first create the API refuses
+        (403, 422, ...) stops the creating and is returned: the rest of a gang waits rather
+        than hold resources for a gang that cannot form."""
         if plan.status is not None:
             self.write_status(namespace, name, plan.status, current_status)
-        for manifest in plan.create:
-            self.create(namespace, manifest)
         for manifest in plan.update:
             self.patch_spec(namespace, manifest)
         for pod in plan.delete:
             self.delete_pod(namespace, pod)
         for pod in plan.force_delete:
             self.delete_pod(namespace, pod, grace_period_seconds=0)
+        for manifest in plan.create:
+            refused = self.create(namespace, manifest)
+            if refused is not None:
+                return refused
         if plan.delete_job:
             self._ignore(
                 404,
@@ -114,6 +124,7 @@ class KubeClient:
                     ),
                 ),
             )
+        return None
 
     def write_status(
         self, namespace: str, name: str, status: dict[str, Any], old: dict[str, Any]
@@ -127,7 +138,8 @@ class KubeClient:
             ),
         )
 
-    def create(self, namespace: str, manifest: dict[str, Any]) -> None:
+    def create(self, namespace: str, manifest: dict[str, Any]) -> Refused | None:
+        """Create an object (one that exists is fine); None, or the API's refusal."""
         kind = manifest["kind"]
         create: Callable[[], Any] = {
             "Pod": lambda: self.core.create_namespaced_pod(
@@ -145,9 +157,15 @@ class KubeClient:
                 _request_timeout=TIMEOUT,
             ),
         }[kind]
-        created = self._ignore(409, lambda: self._call("create", create, retry_conflicts=False))
+        try:
+            created = self._ignore(409, lambda: self._call("create", create, retry_conflicts=False))
+        except ApiException as err:
+            if err.status not in REFUSALS:
+                raise
+            return _refused(kind, manifest["metadata"]["name"], err)
         if created and kind == "Pod":
             metrics.PODS_CREATED.inc()
+        return None
 
     def patch_spec(self, namespace: str, manifest: dict[str, Any]) -> None:
         """Merge-patch a custom object's spec (a PodGroup's minMember after a resize)."""
@@ -213,6 +231,21 @@ class KubeClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+
+def _refused(kind: str, name: str, err: ApiException) -> Refused:
+    """The API's Status (its reason and message) out of a refused request."""
+    try:
+        body = _json(err.body or "{}")
+    except ValueError:
+        body = {}
+    return Refused(
+        kind=kind,
+        name=name,
+        code=int(err.status or 0),
+        reason=str(body.get("reason") or err.reason or ""),
+        message=str(body.get("message") or err.body or ""),
+    )
 
 
 def _json(response: Any) -> dict[str, Any]:

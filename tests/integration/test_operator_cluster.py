@@ -5,6 +5,7 @@ version, and the time-based decisions."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.integration.conftest import JOBS, Cluster, OperatorRun
@@ -157,3 +158,159 @@ async def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted(emulated:
         assert emulated.pods()["demo-node-1"]["spec"]["nodeName"] != node
     finally:
         await operator.stop()
+
+
+# -- item 4: the API refusing a pod of the gang ------------------------------------------------------
+
+
+async def test_a_pod_refused_by_a_quota_is_shown_retried_with_back_off_then_fails(
+    cluster: Cluster,
+) -> None:
+    from tests.emulator import exceeded_quota
+
+    cluster.api.admission.append(exceeded_quota({"demo-node-2"}))
+    cluster.api.create(JOBS, "default", job(numNodes=3, runPolicy={"pendingDeadlineSeconds": 4}))
+    refused = await cluster.wait(lambda: condition(cluster, "PodCreationRefused"), what="refused")
+    assert refused["status"] == "True" and refused["reason"] == "Forbidden"
+    assert 'pods "demo-node-2" is forbidden: exceeded quota: team-gpus' in refused["message"]
+    await cluster.wait(lambda: events_with(cluster, "FailedCreate"), what="FailedCreate")
+    assert (
+        "the API refused pod demo-node-2 (403 Forbidden)" in events_with(cluster, "FailedCreate")[0]
+    )
+    assert status_of(cluster)["phase"] == "Pending"
+    assert "exceeded quota" in status_of(cluster)["message"]
+    await cluster.wait(lambda: phase(cluster) == "Failed", timeout=30, what="Failed")
+    status = status_of(cluster)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PodCreationRefused"
+    assert "gave up after pendingDeadlineSeconds=4" in status["message"]
+    assert "exceeded quota: team-gpus" in status["message"]
+    # The pods that were created do not hold their nodes for a gang that never forms.
+    await cluster.wait(lambda: not cluster.pods(), what="the created pods deleted")
+    # Node 2 was tried at 0 s, then 1 s and 3 s later (the back-off doubles), not on every
+    # reconcile; nodes 0 and 1 were created once.
+    posts = [path for method, path in cluster.api.calls if method == "POST" and "/pods" in path]
+    assert 2 + 2 <= len(posts) <= 2 + 4, posts
+
+
+async def test_a_refusal_that_ends_lets_the_gang_start(cluster: Cluster) -> None:
+    from tests.emulator import exceeded_quota
+
+    quota = exceeded_quota({"demo-node-1"})
+    cluster.api.admission.append(quota)
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(lambda: condition(cluster, "PodCreationRefused"), what="refused")
+    cluster.api.admission.remove(quota)  # someone raised the quota
+    await cluster.wait(lambda: phase(cluster) == "Running", timeout=30, what="Running")
+    cleared = condition(cluster, "PodCreationRefused")
+    assert cleared is not None and cleared["status"] == "False"
+    assert "refusal" not in status_of(cluster)
+
+
+async def test_pod_security_restricted_admits_the_example_and_refuses_an_escalation(
+    cluster: Cluster,
+) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from tests.emulator import PSA_LABEL
+
+    cluster.api.update(
+        "v1/namespaces", "", "default", None, {"metadata": {"labels": {PSA_LABEL: "restricted"}}}
+    )
+    root = Path(__file__).resolve().parents[2]
+    example = yaml.safe_load((root / "examples/digits/lightningjob.yaml").read_text())
+    cluster.api.create(JOBS, "default", example)
+    await cluster.wait(
+        lambda: (
+            (cluster.api.get(JOBS, "default", "digits").get("status") or {}).get("phase")
+            == "Running"
+        ),
+        what="the example job admitted and running",
+    )
+    cluster.api.create(
+        JOBS,
+        "default",
+        job(
+            securityContext={"allowPrivilegeEscalation": True, "runAsNonRoot": True},
+            runPolicy={"pendingDeadlineSeconds": 2},
+        ),
+    )
+    refused = await cluster.wait(lambda: condition(cluster, "PodCreationRefused"), what="refused")
+    assert (
+        'violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false'
+        in (refused["message"])
+    )
+    await cluster.wait(lambda: phase(cluster) == "Failed", timeout=30, what="Failed")
+    assert not [p for p in cluster.pods() if p.startswith("demo")]
+
+
+async def test_a_policy_denial_422_is_shown_with_the_apis_message(cluster: Cluster) -> None:
+    from tests.emulator import denied_by_policy
+
+    cluster.api.admission.append(
+        denied_by_policy({"demo-node-0", "demo-node-1"}, "pods must carry a team label")
+    )
+    cluster.api.create(JOBS, "default", job())
+    refused = await cluster.wait(lambda: condition(cluster, "PodCreationRefused"), what="refused")
+    assert refused["reason"] == "Invalid"
+    assert "ValidatingAdmissionPolicy 'require-team-label'" in refused["message"]
+    assert "denied request: pods must carry a team label" in refused["message"]
+    events = await cluster.wait(lambda: events_with(cluster, "FailedCreate"), what="the event")
+    event = events[0]
+    assert "(422 Invalid)" in event and "retrying in 1s" in event
+
+
+# -- item 6: a scale-up that cannot be placed ---------------------------------------------------------
+
+
+async def test_a_scale_up_that_cannot_be_placed_rolls_back_and_the_job_runs_on(
+    cluster: Cluster,
+) -> None:
+    from tests.integration.test_operator import kubectl_scale
+
+    elastic = {"minNodes": 1, "maxNodes": 4, "rendezvous": {"backend": "c10d"}}
+    cluster.api.create(JOBS, "default", job(runPolicy={"pendingDeadlineSeconds": 2}, **elastic))
+    await cluster.wait(lambda: phase(cluster) == "Running", what="Running")
+    await asyncio.sleep(2.5)  # the attempt is older than the pending deadline
+    cluster.kubelet.unschedulable["demo-node-2"] = "0/5 nodes are available: 5 Insufficient cpu."
+    phases = []
+    cluster.api.after_write = lambda method, resource, name: phases.append(phase(cluster))
+    await kubectl_scale(cluster, 3)
+    await cluster.wait(
+        lambda: events_with(cluster, "ScaleUpRolledBack"), timeout=30, what="the rollback"
+    )
+    await cluster.wait(lambda: "demo-node-2" not in cluster.pods(), what="the new pod deleted")
+    status = status_of(cluster)
+    assert (status["phase"], status["replicas"], status["rejectedNumNodes"]) == ("Running", 2, 3)
+    assert set(phases) == {"Running"}, phases  # never Pending, never Failed
+    (event,) = events_with(cluster, "ScaleUpRolledBack")
+    assert "numNodes=3 could not be placed within pendingDeadlineSeconds=2" in event
+    assert "Insufficient cpu" in event and "back to 2 nodes" in event
+    assert (status["restarts"], status["preemptions"], status["attempt"]) == (0, 0, 1)
+
+
+# -- item 8: containers that cannot start ------------------------------------------------------------
+
+
+async def test_an_image_that_cannot_be_pulled_is_shown_and_fails_after_the_deadline(
+    cluster: Cluster,
+) -> None:
+    cluster.kubelet.missing_images.add("ghcr.io/example/typo:1")
+    cluster.api.create(
+        JOBS,
+        "default",
+        job(image="ghcr.io/example/typo:1", runPolicy={"pendingDeadlineSeconds": 3}),
+    )
+    waiting = await cluster.wait(
+        lambda: condition(cluster, "ContainerCannotStart"), what="the condition"
+    )
+    assert waiting["reason"] == "ImagePullBackOff"
+    assert 'Back-off pulling image "ghcr.io/example/typo:1"' in waiting["message"]
+    await cluster.wait(lambda: events_with(cluster, "ContainerCannotStart"), what="the event")
+    await cluster.wait(lambda: phase(cluster) == "Failed", timeout=30, what="Failed")
+    status = status_of(cluster)
+    assert "gave up after pendingDeadlineSeconds=3" in status["message"]
+    assert "cannot start its container: ImagePullBackOff" in status["message"]
+    await cluster.wait(lambda: not cluster.pods(), what="pods deleted")

@@ -60,7 +60,7 @@ def pod(
         "status": {"phase": phase, "containerStatuses": [container], **extra.pop("status", {})},
     }
     if extra.pop("deleting", False):
-        body["metadata"]["deletionTimestamp"] = "2026-11-27T11:59:00Z"
+        body["metadata"]["deletionTimestamp"] = "2026-11-27T12:00:30Z"  # its grace ends
     return body
 
 
@@ -872,3 +872,186 @@ def test_volcano_podgroup_and_its_unschedulable_reason_reach_status() -> None:
     plan = reconcile(observe_job(body), views, True, late, podgroup=observe_podgroup(waiting))
     assert plan.status is not None and plan.status["phase"] == "Failed"
     assert "pendingDeadlineSeconds=7200" in plan.status["message"]
+
+
+# -- a gang that cannot start -----------------------------------------------------------------
+
+
+def refusal(**extra: Any) -> dict[str, Any]:
+    value = {
+        "kind": "Pod",
+        "name": "demo-node-1",
+        "code": 403,
+        "reason": "Forbidden",
+        "message": 'pods "demo-node-1" is forbidden: exceeded quota: gpus',
+        "since": "2026-11-27T11:58:00Z",
+        "retries": 2,
+        "retryTime": "2026-11-27T12:00:20Z",
+    }
+    value.update(extra)
+    return value
+
+
+def test_a_refused_pod_is_recorded_with_the_apis_message_and_retried_with_back_off() -> None:
+    from lightjob.controller import Refused, Settings, record_refusal
+
+    body = job_body(running(phase="Pending"))
+    refused = Refused("Pod", "demo-node-1", 403, "Forbidden", 'pods "demo-node-1" is forbidden')
+    first = record_refusal(observe_job(body), refused, NOW, Settings())
+    assert first.status is not None and first.requeue_after == 10
+    assert first.status["refusal"]["retryTime"] == "2026-11-27T12:00:10Z"
+    assert first.status["message"].startswith("the API refused pod demo-node-1 (403 Forbidden)")
+    condition = next(c for c in first.status["conditions"] if c["type"] == "PodCreationRefused")
+    assert (condition["status"], condition["reason"]) == ("True", "Forbidden")
+    assert [e.reason for e in first.events] == ["FailedCreate"]
+    assert "retrying in 10s" in first.events[0].message
+    body["status"] = first.status
+    later = NOW + dt.timedelta(seconds=10)
+    second = record_refusal(observe_job(body), refused, later, Settings())
+    assert second.status is not None and second.status["refusal"]["retries"] == 2
+    assert second.status["refusal"]["since"] == "2026-11-27T12:00:00Z"  # the first refusal's
+    assert second.requeue_after == 20
+
+
+@pytest.mark.parametrize(
+    ("now", "deadline", "created", "phase", "requeue"),
+    [
+        (NOW, None, [], "Pending", 20.0),  # waiting out the back-off: nothing created
+        (NOW + dt.timedelta(seconds=20), None, ["demo-node-1"], "Pending", None),  # retry
+        (NOW + dt.timedelta(minutes=3), None, [], "Failed", None),  # 300 s since 11:58
+        (NOW, 60, [], "Failed", None),  # pendingDeadlineSeconds=60 since 11:58
+    ],
+)
+def test_refused_pods_wait_for_the_retry_and_give_up_at_the_pending_deadline(
+    now: dt.datetime, deadline: int | None, created: list[str], phase: str, requeue: float | None
+) -> None:
+    policy = {"pendingDeadlineSeconds": deadline} if deadline else {}
+    body = job_body(running(phase="Pending", refusal=refusal()), runPolicy=policy)
+    plan = plan_for(body, [pod(0)], now=now)
+    assert [m["metadata"]["name"] for m in plan.create] == created
+    assert plan.status is not None and plan.status["phase"] == phase
+    if phase == "Failed":
+        failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == "PodCreationRefused"
+        limit = f"pendingDeadlineSeconds={deadline}" if deadline else "300s (the default"
+        assert f"gave up after {limit}" in plan.status["message"]
+        assert "exceeded quota: gpus" in plan.status["message"]
+        assert plan.delete == ["demo-node-0"]  # the pods created do not hold their nodes
+        assert "refusal" not in plan.status
+    elif requeue is not None:
+        assert plan.requeue_after == requeue
+
+
+def test_a_refusal_ends_when_the_pod_exists() -> None:
+    refused = {"type": "PodCreationRefused", "status": "True", "reason": "Forbidden"}
+    body = job_body(running(phase="Pending", refusal=refusal(), conditions=[refused]))
+    plan = plan_for(body, [pod(0), pod(1)])
+    assert plan.status is not None and "refusal" not in plan.status
+    assert plan.status["phase"] == "Running"
+    condition = next(c for c in plan.status["conditions"] if c["type"] == "PodCreationRefused")
+    assert condition["status"] == "False" and condition["reason"] == "Created"
+
+
+def unschedulable_pod(rank: int, created: str, attempt: int = 1) -> dict[str, Any]:
+    stuck = pod(
+        rank,
+        attempt=attempt,
+        state="waiting",
+        status={
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        },
+    )
+    stuck["metadata"]["creationTimestamp"] = created
+    return stuck
+
+
+ELASTIC = {"minNodes": 1, "maxNodes": 4, "rendezvous": {"backend": "c10d"}}
+
+
+def test_pending_time_is_measured_per_pod_so_a_late_scale_up_is_judged_on_its_own_time() -> None:
+    # Four hours into the run, node 2 was added 30 s ago and cannot be placed yet.
+    status = running(replicas=3, resizedFrom=2, startTime="2026-11-27T08:00:00Z")
+    status["attemptStartTime"] = "2026-11-27T08:00:00Z"
+    body = job_body(status, numNodes=3, runPolicy={"pendingDeadlineSeconds": 60}, **ELASTIC)
+    stuck = unschedulable_pod(2, "2026-11-27T11:59:30Z")
+    plan = plan_for(body, [pod(0), pod(1), stuck])
+    assert plan.status is not None and plan.status["phase"] == "Running"  # training goes on
+    assert "node 2 cannot be scheduled" in plan.status["message"]
+    assert not plan.delete and plan.requeue_after == 30
+    assert [e.reason for e in plan.events] == ["Unschedulable"]
+
+
+def test_an_elastic_scale_up_that_cannot_be_placed_rolls_back() -> None:
+    status = running(replicas=3, resizedFrom=2)
+    body = job_body(status, numNodes=3, runPolicy={"pendingDeadlineSeconds": 60}, **ELASTIC)
+    stuck = unschedulable_pod(2, "2026-11-27T11:58:00Z")
+    plan = plan_for(body, [pod(0), pod(1), stuck])
+    assert plan.delete == ["demo-node-2"]
+    assert plan.status is not None and plan.status["phase"] == "Running"
+    assert (plan.status["replicas"], plan.status["rejectedNumNodes"]) == (2, 3)
+    assert "resizedFrom" not in plan.status
+    (event,) = plan.events
+    assert event.reason == "ScaleUpRolledBack" and "back to 2 nodes" in event.message
+    # It stays at 2 until numNodes changes; a new numNodes is tried afresh.
+    body["status"] = plan.status
+    assert not plan_for(body, [pod(0), pod(1)]).create
+    body["spec"]["numNodes"] = 4
+    grow = plan_for(body, [pod(0), pod(1)])
+    assert [m["metadata"]["name"] for m in grow.create] == ["demo-node-2", "demo-node-3"]
+    assert grow.status is not None and grow.status["resizedFrom"] == 2
+
+
+def test_a_fixed_size_scale_up_that_cannot_be_placed_restarts_at_the_old_size() -> None:
+    status = running(attempt=2, replicas=3, resizedFrom=2, phase="Pending", resizes=1)
+    body = job_body(status, numNodes=3, runPolicy={"pendingDeadlineSeconds": 60})
+    pods = [pod(0, 2), pod(1, 2), unschedulable_pod(2, "2026-11-27T11:58:00Z", attempt=2)]
+    plan = plan_for(body, pods)
+    assert plan.status is not None and plan.status["phase"] == "Restarting"
+    assert (plan.status["replicas"], plan.status["rejectedNumNodes"]) == (2, 3)
+    assert (plan.status["resizes"], plan.status["restarts"]) == (2, 0)
+    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1", "demo-node-2"]
+    body["status"] = plan.status
+    started = plan_for(body, [])
+    assert [m["metadata"]["name"] for m in started.create] == ["demo-node-0", "demo-node-1"]
+    assert env_of(started.create[0])["WORLD_SIZE"] == "2"
+    assert started.status is not None and started.status["nodes"] == "0/2"
+
+
+@pytest.mark.parametrize(
+    ("reason", "minutes", "phase"),
+    [
+        ("ImagePullBackOff", 4, "Pending"),
+        ("ErrImagePull", 6, "Failed"),
+        ("ContainerCreating", 60, "Pending"),
+    ],
+)
+def test_containers_that_cannot_start_surface_and_fail_after_the_pending_deadline(
+    reason: str, minutes: int, phase: str
+) -> None:
+    waiting = pod(1, state="waiting")
+    waiting["status"]["containerStatuses"][0]["state"] = {
+        "waiting": {"reason": reason, "message": 'Back-off pulling image "train:1"'}
+    }
+    waiting["metadata"]["creationTimestamp"] = "2026-11-27T12:00:00Z"
+    body = job_body(running(phase="Pending"))
+    plan = plan_for(body, [pod(0), waiting], now=NOW + dt.timedelta(minutes=minutes))
+    assert plan.status is not None and plan.status["phase"] == phase
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    if reason == "ContainerCreating":  # an ordinary start: nothing to say
+        assert "ContainerCannotStart" not in conditions
+        return
+    assert conditions["ContainerCannotStart"]["reason"] == reason
+    assert f"node 1 cannot start its container: {reason}: Back-off" in plan.status["message"]
+    if phase == "Failed":
+        assert conditions["Failed"]["reason"] == "PendingDeadlineExceeded"
+        assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+    else:
+        assert [e.reason for e in plan.events] == ["ContainerCannotStart"]
+        assert plan.requeue_after == 60  # at 12:05, 300 s after the pod's creation
