@@ -295,7 +295,10 @@ class RunPolicy(Model):
         None, ge=0, description="Preemptions allowed before Failed; unset means unlimited."
     )
     active_deadline_seconds: int | None = Field(
-        None, ge=1, description="Fail the job after this long since it started."
+        None,
+        ge=1,
+        description="Fail the job once it has run this long since it started, time "
+        "suspended not counted.",
     )
     pending_deadline_seconds: int | None = Field(
         None,
@@ -588,6 +591,10 @@ class LightningJobStatus(BaseModel):
         None,
         description="A numNodes whose scale-up could not be placed and was rolled back; the "
         "job keeps its size until spec.numNodes changes.",
+    )
+    suspend_time: dt.datetime | None = Field(None, description="When the job was suspended.")
+    suspended_seconds: int = Field(
+        0, description="Time spent suspended, which activeDeadlineSeconds does not count."
     )
     completion_time: dt.datetime | None = Field(None, description="When the job finished.")
     refusal: Refusal | None = Field(

@@ -122,6 +122,7 @@ def suspend(ctx: Context) -> Plan:
     ctx.plan.delete_pods(pods)
     if status.phase != "Suspended":
         ctx.event("Normal", "Suspended", "suspended: stopping all nodes")
+        status.suspend_time = ctx.now
     status.phase, status.ready_nodes, status.resized_from = "Suspended", 0, None
     clear_refusal(ctx, "Suspended")
     status.message = (
@@ -131,9 +132,29 @@ def suspend(ctx: Context) -> Plan:
 
 
 def resume(ctx: Context) -> None:
-    """Leave Suspended: the next attempt starts from the checkpoint."""
-    ctx.status.phase, ctx.status.next_attempt_time = "Restarting", ctx.now
-    ctx.event("Normal", "Resumed", "resumed; starting a new attempt")
+    """Leave Suspended: the next attempt starts from the checkpoint. Time suspended does
+    not count against activeDeadlineSeconds, and a back-off that was running when the job
+    was suspended still has what was left of it to run."""
+    status, now = ctx.status, ctx.now
+    since = status.suspend_time or now
+    left = 0.0
+    if status.next_attempt_time is not None:
+        left = max(0.0, (status.next_attempt_time - since).total_seconds())
+    if status.start_time is not None:
+        status.suspended_seconds += max(0, int((now - since).total_seconds()))
+    status.phase, status.suspend_time = "Restarting", None
+    status.next_attempt_time = now + dt.timedelta(seconds=left)
+    waits = f" after the {left:.0f}s left of its back-off" if left else ""
+    ctx.event("Normal", "Resumed", f"resumed; starting a new attempt{waits}")
+
+
+def active_seconds(ctx: Context) -> float:
+    """How long the job has run, its suspensions left out (for activeDeadlineSeconds)."""
+    status = ctx.status
+    if status.start_time is None:
+        return 0.0
+    end = status.suspend_time or ctx.now
+    return (end - status.start_time).total_seconds() - status.suspended_seconds
 
 
 def clean_up(ctx: Context, pods: list[PodView]) -> None:

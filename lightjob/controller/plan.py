@@ -192,8 +192,10 @@ def next_due(ctx: Context) -> float | None:
     if status.phase == "Restarting" and status.next_attempt_time is not None:
         moments.append(status.next_attempt_time)
     deadline = spec.run_policy.active_deadline_seconds
-    if deadline and status.start_time and status.phase not in TERMINAL:
-        moments.append(status.start_time + dt.timedelta(seconds=deadline))
+    if deadline and status.start_time and status.phase not in (*TERMINAL, "Suspended"):
+        moments.append(
+            status.start_time + dt.timedelta(seconds=deadline + status.suspended_seconds)
+        )
     if status.refusal is not None:
         moments += [status.refusal.retry_time, give_up_time(ctx, status.refusal.since)]
     # A moment already past was decided on in this reconcile (what is left waits for pods,

@@ -18,6 +18,7 @@ import json
 from lightjob.api.models import LightningJobStatus
 from lightjob.controller import build, progress
 from lightjob.controller.attempts import (
+    active_seconds,
     after_failure,
     after_preemption,
     clean_up,
@@ -112,21 +113,26 @@ def _decide(ctx: Context, sample: Sample | None) -> Plan:
         status.attempt_start_time = status.attempt_start_time or ctx.now
     plan.delete_pods([p for p in ctx.pods if p.attempt != attempt])
 
-    deadline = spec.run_policy.active_deadline_seconds
-    if deadline and status.start_time and (ctx.now - status.start_time).total_seconds() >= deadline:
-        end_job(
-            ctx,
-            "Failed",
-            "DeadlineExceeded",
-            f"the job ran longer than activeDeadlineSeconds={deadline}",
-        )
-        clean_up(ctx, ctx.current)
-        return conclude(ctx, "DeadlineExceeded")
-
     if spec.run_policy.suspend:
         return suspend(ctx)
     if status.phase == "Suspended":
         resume(ctx)
+
+    deadline = spec.run_policy.active_deadline_seconds
+    if deadline and status.start_time and active_seconds(ctx) >= deadline:
+        end_job(
+            ctx,
+            "Failed",
+            "DeadlineExceeded",
+            f"the job ran longer than activeDeadlineSeconds={deadline}"
+            + (
+                f" (not counting {status.suspended_seconds}s suspended)"
+                if status.suspended_seconds
+                else ""
+            ),
+        )
+        clean_up(ctx, ctx.current)
+        return conclude(ctx, "DeadlineExceeded")
 
     if status.phase == "Restarting" or attempt == 0:
         return next_attempt(ctx)

@@ -314,3 +314,46 @@ async def test_an_image_that_cannot_be_pulled_is_shown_and_fails_after_the_deadl
     assert "gave up after pendingDeadlineSeconds=3" in status["message"]
     assert "cannot start its container: ImagePullBackOff" in status["message"]
     await cluster.wait(lambda: not cluster.pods(), what="pods deleted")
+
+
+async def test_time_suspended_does_not_count_against_the_active_deadline(
+    cluster: Cluster,
+) -> None:
+    cluster.api.create(JOBS, "default", job(runPolicy={"activeDeadlineSeconds": 4}))
+    await cluster.wait(lambda: phase(cluster) == "Running", what="Running")
+    suspend = {"spec": {"runPolicy": {"suspend": True}}}
+    cluster.api.update(JOBS, "default", "demo", None, suspend)
+    await cluster.wait(lambda: phase(cluster) == "Suspended" and not cluster.pods())
+    await asyncio.sleep(5)  # longer than the whole deadline
+    assert phase(cluster) == "Suspended"
+    cluster.api.update(JOBS, "default", "demo", None, {"spec": {"runPolicy": {"suspend": False}}})
+    await cluster.wait(lambda: phase(cluster) == "Running", what="resumed and Running")
+    await cluster.wait(lambda: phase(cluster) == "Failed", timeout=30, what="the deadline")
+    status = status_of(cluster)
+    assert status["suspendedSeconds"] >= 5
+    assert "activeDeadlineSeconds=4 (not counting" in status["message"]
+
+
+async def test_resuming_does_not_skip_the_rest_of_the_back_off(emulated: Cluster) -> None:
+    operator = OperatorRun(emulated, backoff_base=6.0)
+    await operator.start()
+    try:
+        emulated.api.create(JOBS, "default", job())
+        await emulated.wait(lambda: phase(emulated) == "Running", what="Running")
+        emulated.kubelet.exit("demo-node-1", 1)
+        await emulated.wait(lambda: status_of(emulated).get("restarts") == 1, what="a failure")
+        emulated.api.update(
+            JOBS, "default", "demo", None, {"spec": {"runPolicy": {"suspend": True}}}
+        )
+        await emulated.wait(lambda: phase(emulated) == "Suspended", what="Suspended")
+        emulated.api.update(
+            JOBS, "default", "demo", None, {"spec": {"runPolicy": {"suspend": False}}}
+        )
+        await emulated.wait(lambda: events_with(emulated, "Resumed"), what="Resumed")
+        await asyncio.sleep(2)
+        assert status_of(emulated)["attempt"] == 1, "the next attempt skipped the back-off"
+        await emulated.wait(
+            lambda: status_of(emulated).get("attempt") == 2, timeout=15, what="attempt 2"
+        )
+    finally:
+        await operator.stop()

@@ -1055,3 +1055,67 @@ def test_containers_that_cannot_start_surface_and_fail_after_the_pending_deadlin
     else:
         assert [e.reason for e in plan.events] == ["ContainerCannotStart"]
         assert plan.requeue_after == 60  # at 12:05, 300 s after the pod's creation
+
+
+# -- suspended time and the back-off across a suspension --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suspended", "now_minutes", "phase"),
+    [
+        # Started 11:00, deadline one hour. Suspended 11:30-11:50: 20 minutes do not count.
+        (1200, 5, "Running"),  # 12:05 is 45 minutes of running
+        (1200, 20, "Failed"),  # 12:20 is 60
+        (0, 5, "Failed"),
+    ],
+)
+def test_active_deadline_does_not_count_time_suspended(
+    suspended: int, now_minutes: int, phase: str
+) -> None:
+    body = job_body(
+        running(suspendedSeconds=suspended, readyNodes=2), runPolicy={"activeDeadlineSeconds": 3600}
+    )
+    plan = plan_for(body, [pod(0), pod(1)], now=NOW + dt.timedelta(minutes=now_minutes))
+    assert (plan.status or body["status"])["phase"] == phase
+    if phase == "Running":
+        assert plan.requeue_after == (20 - now_minutes) * 60
+
+
+def test_a_suspended_job_never_hits_its_deadline_and_resuming_counts_the_suspension() -> None:
+    body = job_body(running(), runPolicy={"activeDeadlineSeconds": 3600, "suspend": True})
+    suspending = plan_for(body, [pod(0), pod(1)], now=NOW - dt.timedelta(minutes=30))
+    assert (
+        suspending.status is not None and suspending.status["suspendTime"] == "2026-11-27T11:30:00Z"
+    )
+    body["status"] = suspending.status
+    later = NOW + dt.timedelta(hours=5)
+    waiting = plan_for(body, [], now=later)
+    assert (waiting.status or body["status"])[
+        "phase"
+    ] == "Suspended" and waiting.requeue_after is None
+    body["spec"]["runPolicy"]["suspend"] = False
+    resumed = plan_for(body, [], now=later)
+    status = resumed.status
+    assert status is not None and status["phase"] == "Pending" and status["attempt"] == 2
+    assert status["suspendedSeconds"] == 5 * 3600 + 30 * 60 and "suspendTime" not in status
+    assert resumed.requeue_after == 30 * 60  # half an hour of running left
+
+
+def test_resuming_keeps_what_was_left_of_the_back_off() -> None:
+    restarting = {
+        **running(restarts=2),
+        "phase": "Restarting",
+        "nextAttemptTime": "2026-11-27T12:00:40Z",  # 40 s of back-off left at 12:00
+    }
+    body = job_body(restarting, runPolicy={"suspend": True})
+    suspended = plan_for(body, [])
+    assert suspended.status is not None
+    body["status"], body["spec"]["runPolicy"]["suspend"] = suspended.status, False
+    later = NOW + dt.timedelta(minutes=10)
+    resumed = plan_for(body, [], now=later)
+    assert resumed.status is not None and not resumed.create
+    assert resumed.status["nextAttemptTime"] == "2026-11-27T12:10:40Z"
+    assert resumed.requeue_after == 40
+    assert "after the 40s left of its back-off" in resumed.events[0].message
+    started = plan_for({**body, "status": resumed.status}, [], now=later + dt.timedelta(seconds=40))
+    assert len(started.create) == 2
