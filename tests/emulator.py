@@ -348,15 +348,23 @@ class Emulator(kmock.KubernetesScaffold):
         return copy.deepcopy(obj)
 
     def put(self, resource: str, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
-        """Store an object as it is, skipping validation (objects from before a schema change)."""
+        """Store an object as it is, skipping validation: an object from before a schema
+        change, or one a newer CRD (another operator version) let through. Replacing an
+        object keeps its identity and bumps its generation when the spec changed."""
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
+        old = self.store.get((resource, namespace, meta["name"]))
+        if old is not None:
+            for key in ("uid", "creationTimestamp", "generation"):
+                meta[key] = old["metadata"][key]
+            if obj.get("spec") != old.get("spec"):
+                meta["generation"] += 1
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("generation", 1)
         meta.setdefault("creationTimestamp", _now().isoformat().replace("+00:00", "Z"))
         if namespace:
             meta["namespace"] = namespace
-        self._commit(resource, namespace, meta["name"], obj, "ADDED")
+        self._commit(resource, namespace, meta["name"], obj, "ADDED" if old is None else "MODIFIED")
         return copy.deepcopy(obj)
 
     def update(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from pydantic import ValidationError
 
+from lightjob.api.crd import build_crd, prune
 from lightjob.api.models import LightningJob, LightningJobSpec, LightningJobStatus
 from lightjob.api.validate import explain
 from lightjob.controller import build
@@ -85,6 +87,13 @@ class JobView:
     spec_error: str
     status: LightningJobStatus
     raw_status: dict[str, Any]
+    ignored: tuple[str, ...] = ()  # fields of the stored spec this version does not know
+
+
+@cache
+def _spec_schema() -> dict[str, Any]:
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return dict(schema["properties"]["spec"])
 
 
 def observe_job(body: dict[str, Any]) -> JobView:
@@ -97,12 +106,15 @@ def observe_job(body: dict[str, Any]) -> JobView:
         status = LightningJobStatus()
     spec: LightningJobSpec | None = None
     error = ""
+    # Fields a newer version of the CRD let through are ignored, as the API server would
+    # prune them: a job written for a newer minor version still runs. (`lightjob validate`
+    # and the CRD keep rejecting them.)
+    raw_spec, ignored = prune(body.get("spec"), _spec_schema(), "spec")
+    readable = {k: body.get(k) for k in ("apiVersion", "kind", "metadata")}
     try:
-        spec = LightningJob.model_validate(
-            {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
-        ).spec
+        spec = LightningJob.model_validate({**readable, "spec": raw_spec}).spec
     except ValidationError as err:
-        error = "; ".join(str(p) for p in explain(err, body))
+        error = "; ".join(str(p) for p in explain(err, {**readable, "spec": raw_spec}))
     return JobView(
         name=meta.get("name", ""),
         namespace=meta.get("namespace", "default"),
@@ -113,6 +125,7 @@ def observe_job(body: dict[str, Any]) -> JobView:
         spec_error=error,
         status=status,
         raw_status=raw_status,
+        ignored=tuple(ignored),
     )
 
 

@@ -45,7 +45,7 @@ from lightjob.controller.plan import (
 from lightjob.controller.policy import judge
 from lightjob.controller.progress import Sample
 from lightjob.controller.starting import blocks, while_blocked
-from lightjob.controller.status import set_conditions
+from lightjob.controller.status import set_condition
 
 DEFAULT_SETTINGS = Settings()
 
@@ -65,7 +65,7 @@ def reconcile(
     if job.deleting:
         return Plan()  # owner references let the garbage collector take the pods
     if job.spec is None:
-        return _unreadable(job, pods, now)
+        return _unreadable(job, now)
     status = job.status.model_copy(deep=True)
     status.observed_generation = job.generation
     status.selector = build.selector(job.name)
@@ -73,28 +73,47 @@ def reconcile(
     return _decide(ctx, sample)
 
 
-def _unreadable(job: JobView, pods: list[PodView], now: dt.datetime) -> Plan:
-    plan = Plan()
+INVALID_SPEC = "InvalidSpec"  # the condition while this operator cannot read the stored spec
+IGNORED_FIELDS = "UnknownFieldsIgnored"  # the condition while it reads it without some fields
+
+
+def _unreadable(job: JobView, now: dt.datetime) -> Plan:
+    """A stored spec this version rejects (a rule added since it was stored, or an older
+    operator after a rollback) never kills the job: warn once, say why in a condition, and
+    change nothing else until the spec is fixed. Its pods run on as they are."""
+    plan = Plan(reason=INVALID_SPEC)
     status = job.status.model_copy(deep=True)
-    status.observed_generation = job.generation
-    status.selector = build.selector(job.name)
-    if status.phase not in TERMINAL:
-        message = f"invalid spec: {job.spec_error}"
-        status.phase, status.message = "Failed", message
-        status.completion_time, status.next_attempt_time, status.ready_nodes = now, None, 0
-        plan.events.append(Event("Warning", "InvalidSpec", message))
-    plan.delete_pods(pods)
-    status.nodes = f"{status.ready_nodes}/{status.replicas}"
-    plan.reason = "InvalidSpec"
-    set_conditions(status, "InvalidSpec", now, job.generation)
+    message = f"this operator cannot read the spec, so it leaves the job as it is: {job.spec_error}"
+    old = next((c for c in status.conditions if c.type == INVALID_SPEC), None)
+    if old is None or old.status != "True" or old.message != message:
+        plan.events.append(Event("Warning", INVALID_SPEC, message))
+    set_condition(status, INVALID_SPEC, True, "Rejected", message, now, job.generation)
     wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if wire != job.raw_status:
         plan.status = wire
     return plan
 
 
+def _note_spec_read(ctx: Context) -> None:
+    """The spec is readable: an InvalidSpec condition ends, and fields this version does
+    not know (written under a newer CRD) are named once, in a warning and a condition."""
+    job, status = ctx.job, ctx.status
+    set_condition(status, INVALID_SPEC, False, "Readable", "", ctx.now, job.generation)
+    message = ""
+    if job.ignored:
+        message = f"ignored, unknown to this operator version: {', '.join(job.ignored)}"
+        old = next((c for c in status.conditions if c.type == IGNORED_FIELDS), None)
+        if old is None or old.status != "True" or old.message != message:
+            ctx.event("Warning", IGNORED_FIELDS, message)
+    reason = "NewerSpec" if job.ignored else "AllKnown"
+    set_condition(
+        status, IGNORED_FIELDS, bool(job.ignored), reason, message, ctx.now, job.generation
+    )
+
+
 def _decide(ctx: Context, sample: Sample | None) -> Plan:
     job, spec, status, plan = ctx.job, ctx.spec, ctx.status, ctx.plan
+    _note_spec_read(ctx)
     _force_delete_stuck(ctx)
     _note_created(ctx)
     if status.phase in TERMINAL:

@@ -215,19 +215,23 @@ async def test_the_deadlines_and_the_ttl_take_effect(cluster: Cluster) -> None:
     )
 
 
-async def test_a_bad_stored_spec_fails_with_the_field_named(cluster: Cluster) -> None:
+async def test_a_bad_stored_spec_waits_with_the_field_named(cluster: Cluster) -> None:
     # Created before a schema change, so the API server never validated it.
     cluster.api.put(JOBS, "default", {**job("broken"), "spec": {"image": "x", "numNodes": 0}})
     cluster.api.create(JOBS, "default", job())
-    await cluster.wait(
-        lambda: (
-            (cluster.api.get(JOBS, "default", "broken").get("status") or {}).get("phase")
-            == "Failed"
-        )
-    )
-    assert "spec.numNodes" in cluster.api.get(JOBS, "default", "broken")["status"]["message"]
+
+    def broken() -> dict[str, Any]:
+        return cluster.api.get(JOBS, "default", "broken").get("status") or {}
+
+    await cluster.wait(lambda: broken().get("conditions"), what="the InvalidSpec condition")
+    (condition,) = broken()["conditions"]
+    assert condition["type"] == "InvalidSpec" and "spec.numNodes" in condition["message"]
     await cluster.wait(lambda: phase(cluster) == "Running", what="other jobs go on")
     assert not [p for p in cluster.pods() if p.startswith("broken")]
+    assert broken()["phase"] == "Pending"  # nothing was decided for it
+    fixed = {**job("broken"), "spec": {"image": "x", "numNodes": 1}}
+    cluster.api.put(JOBS, "default", {**cluster.api.get(JOBS, "default", "broken"), **fixed})
+    await cluster.wait(lambda: broken().get("phase") == "Running", what="fixed, it starts")
 
 
 async def test_api_errors_are_retried(cluster: Cluster) -> None:

@@ -357,3 +357,50 @@ async def test_resuming_does_not_skip_the_rest_of_the_back_off(emulated: Cluster
         )
     finally:
         await operator.stop()
+
+
+# -- item 7: specs from another operator version ------------------------------------------------------
+
+
+def store_spec(cluster: Cluster, **changes: Any) -> None:
+    """What a newer (or older) CRD let through: the spec stored as it is."""
+    body = cluster.job()
+    body["spec"] = {**body["spec"], **changes}
+    cluster.api.put(JOBS, "default", body)
+
+
+async def test_a_spec_from_a_newer_version_is_read_without_its_unknown_fields(
+    cluster: Cluster,
+) -> None:
+    from lightjob.api.validate import read_documents
+
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(lambda: phase(cluster) == "Running", what="Running")
+    store_spec(cluster, futureFeature={"mode": "fast"})
+    ignored = await cluster.wait(
+        lambda: condition(cluster, "UnknownFieldsIgnored"), what="the condition"
+    )
+    assert "spec.futureFeature" in ignored["message"]
+    assert sorted(cluster.pods()) == ["demo-node-0", "demo-node-1"]
+    cluster.kubelet.exit("demo-node-0", 0)
+    await cluster.wait(lambda: phase(cluster) == "Succeeded", what="it runs to the end")
+    # `lightjob validate` (and the CRD) still reject the field.
+    (doc,) = read_documents("job.yaml", __import__("yaml").safe_dump(cluster.job()))
+    assert any("spec.futureFeature: unknown field" in line for line in doc.report())
+
+
+async def test_a_spec_breaking_a_newer_rule_never_kills_the_running_job(cluster: Cluster) -> None:
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(lambda: phase(cluster) == "Running", what="Running")
+    store_spec(cluster, metrics={"port": 29500})  # the rendezvous port: a rule added later
+    invalid = await cluster.wait(lambda: condition(cluster, "InvalidSpec"), what="InvalidSpec")
+    assert "spec.metrics.port must differ from spec.rendezvous.port" in invalid["message"]
+    await cluster.wait(lambda: events_with(cluster, "InvalidSpec"), what="the warning")
+    cluster.kubelet.exit("demo-node-1", 1)  # no decision is made while the spec is unreadable
+    await asyncio.sleep(1.5)
+    assert phase(cluster) == "Running" and status_of(cluster)["restarts"] == 0
+    assert sorted(cluster.pods()) == ["demo-node-0", "demo-node-1"]
+    store_spec(cluster, metrics={"port": 9090})  # fixed
+    await cluster.wait(lambda: status_of(cluster).get("restarts") == 1, what="acted on again")
+    cleared = condition(cluster, "InvalidSpec")
+    assert cleared is not None and cleared["status"] == "False"

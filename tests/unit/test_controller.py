@@ -394,13 +394,50 @@ def test_ttl_after_finished_deletes_the_job() -> None:
     assert after.delete_job
 
 
-def test_an_invalid_stored_spec_fails_the_job_naming_the_field() -> None:
-    body = job_body(numNodes=-3)
-    plan = plan_for(body, [])
-    assert plan.status is not None and plan.status["phase"] == "Failed"
-    assert "spec.numNodes" in plan.status["message"] and not plan.create
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"numNodes": -3}, "spec.numNodes"),  # a rule this version has and the CRD did not
+        ({"metrics": {"port": 29500}}, "spec.metrics.port must differ"),  # a CEL rule added later
+    ],
+)
+def test_a_spec_this_version_rejects_leaves_a_running_job_alone(
+    spec: dict[str, Any], field: str
+) -> None:
+    body = job_body(running(readyNodes=2, nodes="2/2"), **spec)
+    pods = [pod(0), pod(1, state="terminated", exit_code=1)]  # even a failure waits
+    plan = plan_for(body, pods)
+    assert not plan.create and not plan.delete and not plan.force_delete
+    assert plan.status is not None and plan.status["phase"] == "Running"
+    assert plan.status["restarts"] == 0
+    condition = next(c for c in plan.status["conditions"] if c["type"] == "InvalidSpec")
+    assert condition["status"] == "True" and field in condition["message"]
+    assert [e.reason for e in plan.events] == ["InvalidSpec"] and field in plan.events[0].message
     body["status"] = plan.status
-    assert plan_for(body, []).is_empty  # and it stays failed, without retrying
+    assert plan_for(body, pods).is_empty  # said once; nothing else until it is fixed
+    body["spec"] = job_body()["spec"]
+    fixed = plan_for(body, pods)
+    assert fixed.status is not None and fixed.status["restarts"] == 1  # acted on again
+    condition = next(c for c in fixed.status["conditions"] if c["type"] == "InvalidSpec")
+    assert condition["status"] == "False"
+
+
+def test_fields_from_a_newer_version_are_ignored_on_read_and_named_once() -> None:
+    body = job_body(
+        running(readyNodes=2, nodes="2/2"),
+        futureFeature={"enabled": True},
+        runPolicy={"backoffLimit": 1, "futureRetryMode": "smart"},
+    )
+    job = observe_job(body)
+    assert job.spec is not None and job.spec.run_policy.backoff_limit == 1
+    assert job.ignored == ("spec.futureFeature", "spec.runPolicy.futureRetryMode")
+    plan = plan_for(body, [pod(0), pod(1)])
+    assert plan.status is not None and plan.status["phase"] == "Running"
+    assert [e.reason for e in plan.events] == ["UnknownFieldsIgnored"]
+    condition = next(c for c in plan.status["conditions"] if c["type"] == "UnknownFieldsIgnored")
+    assert "spec.futureFeature, spec.runPolicy.futureRetryMode" in condition["message"]
+    body["status"] = plan.status
+    assert not plan_for(body, [pod(0), pod(1)]).events
 
 
 def test_pods_from_an_interrupted_plan_are_adopted_not_duplicated() -> None:
