@@ -2,26 +2,39 @@
 
 kmock's scaffold serves discovery, errors and the HTTP server. kmock's own emulator is
 deliberately simple, so the object API is done here, close enough to a real API server
-for kopf, the kubernetes client and the operator:
+for kopf, the kubernetes client and the operator, including the parts of a real cluster
+that are unkind to it:
 
 - uid, resourceVersion, generation (bumped by spec changes), creationTimestamp;
   metadata.namespace filled from the URL; generateName;
-- 201 on create, 409 AlreadyExists, 409 Conflict on a stale resourceVersion, 404, and 422
-  for invalid objects, including a failed JSON-patch `test` op (which kopf relies on);
+- 201 on create, 409 AlreadyExists, 409 Conflict on a stale resourceVersion (PUT, and a
+  merge patch that names one), 404, and 422 for invalid objects, including a failed
+  JSON-patch `test` op (which kopf relies on);
 - merge, strategic-merge (as merge) and JSON patches, and PUT;
 - the status subresource isolated from the main resource, and the scale subresource of
   LightningJobs (`kubectl scale`) mapped to spec.numNodes;
-- LightningJobs validated against the CRD's schema and CEL rules, as the API server does;
-- list and watch with labelSelector and fieldSelector, watch resumption from a
-  resourceVersion, and timeoutSeconds;
-- finalizers, deletionTimestamp, graceful pod deletion (the kubelet stand-in finishes
-  it), and owner-reference garbage collection;
-- namespaces, events, kopf's peering resources, and both kinds of PodGroup.
+- LightningJobs handled as the API server handles a custom resource: unknown fields
+  pruned (fieldValidation=Strict refuses them with 400; Warn, the default, answers with a
+  Warning header), the schema's defaults applied inside objects that exist, the schema
+  checked, and every CEL rule at every level evaluated, transition rules (oldSelf) only
+  where the old object has the field, with the API server's wording;
+- admission: refusals injected per request (`admission`: a ResourceQuota's 403, a
+  ValidatingAdmissionPolicy's 422, see exceeded_quota and denied_by_policy), and Pod
+  Security admission for namespaces labelled pod-security.kubernetes.io/enforce;
+- list and watch with labelSelector and fieldSelector; lists in pages (limit/continue);
+  watch resumption from a resourceVersion, 410 Gone for one older than the compacted
+  history (`compact()`), BOOKMARK events, timeoutSeconds, and watches the server ends
+  (`close_watches()`);
+- finalizers, deletionTimestamp (for a pod, the end of its grace period), graceful pod
+  deletion (the kubelet stand-in finishes it, or never does for a lost node), force
+  deletion with gracePeriodSeconds 0, and owner-reference garbage collection;
+- namespaces, nodes, events, kopf's peering resources, and both kinds of PodGroup.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import datetime as dt
 import itertools
@@ -118,17 +131,22 @@ class Emulator(kmock.KubernetesScaffold):
         # Faults to inject: (method, path fragment, status code, times left).
         self.faults: list[list[Any]] = []
         self.after_write: Any = None  # called with (method, resource, name) after each write
+        self.on_request: Any = None  # called with (method, path) before each object request
         # Admission refusals injected per request: (resource, namespace, object) -> an
         # ApiError to answer with, or None (see exceeded_quota and denied_by_policy).
         self.admission: list[Callable[[str, str, dict[str, Any]], ApiError | None]] = []
         self._rv = itertools.count(1)
         crd = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         self._job_schema = jsonschema.Draft4Validator(crd)
-        self._cel = celpy.Environment()
-        self._spec_rules = [
-            (self._cel.program(self._cel.compile(r["rule"])), r["message"])
-            for r in crd["properties"]["spec"]["x-kubernetes-validations"]
-        ]
+        self._cel_env = celpy.Environment()
+        self._cel_programs: dict[str, Any] = {}
+        self._warnings: list[str] = []  # for the Warning header of the request in hand
+        # Watches: the resourceVersion below which history is compacted (older watches
+        # get 410 Gone), a way to end every open watch, and how often to send bookmarks.
+        self.compacted_rv = 0
+        self._watch_stops: set[asyncio.Event] = set()
+        self.bookmark_interval = 1.0
+        self.sent = {"BOOKMARK": 0, "410": 0}  # what the watches were told, for tests
         for name in ("default", "kube-system"):
             self.put("v1/namespaces", "", {"metadata": {"name": name}})
 
@@ -141,6 +159,8 @@ class Emulator(kmock.KubernetesScaffold):
         resource, namespace, name, subresource = route
         self.calls.append((raw.method, raw.path))
         self.queries.append(dict(raw.query))
+        if self.on_request is not None:
+            self.on_request(raw.method, raw.path)
         for fault in self.faults:
             if fault[0] == raw.method and fault[1] in raw.path and fault[3] > 0:
                 fault[3] -= 1
@@ -159,6 +179,7 @@ class Emulator(kmock.KubernetesScaffold):
         body = await raw.read()
         data = json.loads(body) if body else None
         params = dict(raw.query)
+        self._warnings = []
         try:
             if raw.method == "GET" and params.get("watch") in ("true", "1"):
                 return await self._watch(raw, resource, namespace, params)
@@ -187,7 +208,10 @@ class Emulator(kmock.KubernetesScaffold):
                 },
                 status=err.code,
             )
-        return aiohttp.web.json_response(result, status=code)
+        headers = {"Warning": ", ".join(f'299 - "{w}"' for w in self._warnings)}
+        return aiohttp.web.json_response(
+            result, status=code, headers=headers if self._warnings else None
+        )
 
     def _dispatch(
         self,
@@ -200,6 +224,7 @@ class Emulator(kmock.KubernetesScaffold):
         params: dict[str, str],
         content_type: str,
     ) -> tuple[Any, int]:
+        validation = params.get("fieldValidation", "Warn")
         if name is None:
             if method == "GET":
                 return self.list(
@@ -207,10 +232,12 @@ class Emulator(kmock.KubernetesScaffold):
                     namespace,
                     params.get("labelSelector", ""),
                     params.get("fieldSelector", ""),
+                    int(params["limit"]) if params.get("limit") else None,
+                    params.get("continue", ""),
                 ), 200
             if method == "POST":
                 self._admit(resource, namespace or "", data or {})
-                return self.create(resource, namespace or "", data), 201
+                return self.create(resource, namespace or "", data, validation), 201
             raise ApiError(405, "MethodNotAllowed", f"{method} on a collection")
         if method == "GET":
             obj = self.get(resource, namespace or "", name)
@@ -222,7 +249,7 @@ class Emulator(kmock.KubernetesScaffold):
             return self.delete(resource, namespace or "", name, grace), 200
         if method in ("PATCH", "PUT"):
             return self.update(
-                resource, namespace or "", name, subresource, data, content_type, method
+                resource, namespace or "", name, subresource, data, content_type, method, validation
             ), 200
         raise ApiError(405, "MethodNotAllowed", method)
 
@@ -239,9 +266,24 @@ class Emulator(kmock.KubernetesScaffold):
             _selector(params.get("labelSelector", "")),
             params.get("fieldSelector", ""),
         )
+        since = params.get("resourceVersion")
+        if since and since.isdigit() and 0 < int(since) < self.compacted_rv:
+            gone = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": f"too old resource version: {since} ({self.compacted_rv})",
+                "reason": "Expired",
+                "code": 410,
+            }
+            await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
+            self.sent["410"] += 1
+            return response
         queue: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue()
         self.watchers[resource].append(queue)
-        since = params.get("resourceVersion")
+        stop = asyncio.Event()
+        self._watch_stops.add(stop)
         if since and since.isdigit() and int(since) > 0:
             backlog = [
                 (rv, t, o) for rv, r, t, o in self.history if r == resource and rv > int(since)
@@ -252,25 +294,53 @@ class Emulator(kmock.KubernetesScaffold):
                 for (r, _, _), o in self.store.items()
                 if r == resource
             ]
-        timeout = float(params.get("timeoutSeconds") or 3600)
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(params.get("timeoutSeconds") or 3600)
+        bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
+        next_bookmark = loop.time() + self.bookmark_interval
         try:
             for event in backlog:
                 await self._send(response, event, namespace, selector, fields)
-            while True:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    break
+            while loop.time() < deadline and not stop.is_set():
                 try:
-                    event = await asyncio.wait_for(queue.get(), timeout=min(left, 5.0))
+                    event = await asyncio.wait_for(queue.get(), timeout=0.2)
                 except asyncio.TimeoutError:
+                    if bookmarks and loop.time() >= next_bookmark:
+                        await self._bookmark(response, resource)
+                        next_bookmark = loop.time() + self.bookmark_interval
                     continue
+                if stop.is_set():
+                    break  # closed: what happened since is for the next watch to find
                 await self._send(response, event, namespace, selector, fields)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             self.watchers[resource].remove(queue)
+            self._watch_stops.discard(stop)
         return response
+
+    async def _bookmark(self, response: aiohttp.web.StreamResponse, resource: str) -> None:
+        """A BOOKMARK: no object, only the resourceVersion the watch has seen up to."""
+        kind = _info(resource)["kind"]
+        api_version = resource.rsplit("/", 1)[0]
+        bookmark = {
+            "kind": kind,
+            "apiVersion": api_version,
+            "metadata": {"resourceVersion": str(self._current_rv())},
+        }
+        await response.write(json.dumps({"type": "BOOKMARK", "object": bookmark}).encode() + b"\n")
+        self.sent["BOOKMARK"] += 1
+
+    def compact(self) -> None:
+        """Forget the history so far, as etcd compaction does: a watch that resumes from an
+        older resourceVersion gets 410 Gone and must list again."""
+        self.compacted_rv = self._current_rv()
+
+    def close_watches(self) -> None:
+        """End every open watch (an API server restart, a load balancer's idle timeout):
+        clients reconnect from the last resourceVersion they saw."""
+        for stop in self._watch_stops:
+            stop.set()
 
     async def _send(
         self,
@@ -301,25 +371,56 @@ class Emulator(kmock.KubernetesScaffold):
         return copy.deepcopy(obj) if obj is not None else None
 
     def list(
-        self, resource: str, namespace: str | None, selector: str = "", fields: str = ""
+        self,
+        resource: str,
+        namespace: str | None,
+        selector: str = "",
+        fields: str = "",
+        limit: int | None = None,
+        cont: str = "",
     ) -> dict[str, Any]:
+        """A list, in chunks of `limit` when asked: each chunk's metadata.continue resumes
+        after its last item ("" at the end), and a token older than the compacted history
+        is 410 Expired, as on a real API server."""
         wanted = _selector(selector)
-        found = [
-            (key, o)
-            for key, o in self.by_resource[resource].items()
-            if (not namespace or key[0] == namespace)
-            and wanted(o["metadata"].get("labels") or {})
-            and _fields_match(o, fields)
-        ]
-        items = [copy.deepcopy(o) for _, o in sorted(found, key=lambda pair: pair[0])]
+        found = sorted(
+            (
+                (key, o)
+                for key, o in self.by_resource[resource].items()
+                if (not namespace or key[0] == namespace)
+                and wanted(o["metadata"].get("labels") or {})
+                and _fields_match(o, fields)
+            ),
+            key=lambda pair: pair[0],
+        )
+        rv = self._current_rv()
+        if cont:
+            token = json.loads(base64.b64decode(cont))
+            if token["rv"] < self.compacted_rv:
+                raise ApiError(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter.",
+                )
+            after, rv = tuple(token["after"]), token["rv"]
+            found = [pair for pair in found if pair[0] > after]
+        more = ""
+        if limit and len(found) > limit:
+            found = found[:limit]
+            token = {"rv": rv, "after": list(found[-1][0])}
+            more = base64.b64encode(json.dumps(token).encode()).decode()
+        metadata: dict[str, Any] = {"resourceVersion": str(rv), "continue": more}
         return {
             "apiVersion": "v1",
             "kind": "List",
-            "items": items,
-            "metadata": {"resourceVersion": str(self._current_rv())},
+            "items": [copy.deepcopy(o) for _, o in found],
+            "metadata": metadata,
         }
 
-    def create(self, resource: str, namespace: str, data: dict[str, Any]) -> dict[str, Any]:
+    def create(
+        self, resource: str, namespace: str, data: dict[str, Any], field_validation: str = "Warn"
+    ) -> dict[str, Any]:
         info = _info(resource)
         obj = copy.deepcopy(data or {})
         meta = obj.setdefault("metadata", {})
@@ -338,7 +439,7 @@ class Emulator(kmock.KubernetesScaffold):
         if resource == "v1/pods":
             obj["status"] = {"phase": "Pending"}
         if resource.startswith("lightjob.dev/"):
-            self._validate_job(obj)
+            self._validate_job(obj, None, field_validation, ("spec",))
         meta.update(
             uid=str(uuid.uuid4()),
             generation=1,
@@ -376,6 +477,7 @@ class Emulator(kmock.KubernetesScaffold):
         data: Any,
         content_type: str = "application/merge-patch+json",
         method: str = "PATCH",
+        field_validation: str = "Warn",
     ) -> dict[str, Any]:
         key = (resource, namespace, name)
         old = self.store.get(key)
@@ -403,11 +505,22 @@ class Emulator(kmock.KubernetesScaffold):
             ) as err:
                 raise ApiError(422, "Invalid", f"the server rejected our request: {err}") from None
         else:
+            # A merge patch that names a resourceVersion is conditional, as with PUT.
+            wanted = ((data or {}).get("metadata") or {}).get("resourceVersion")
+            if wanted and wanted != old["metadata"]["resourceVersion"]:
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {resource} "{name}": the object has '
+                    "been modified; please apply your changes to the latest version and try again",
+                )
             patched = _merge(copy.deepcopy(old), data or {})
         new = copy.deepcopy(old)
         info = _info(resource)
         if subresource == "status":
             new["status"] = patched.get("status")
+            if resource.startswith("lightjob.dev/") and new["status"] is not None:
+                self._validate_job(new, old, field_validation, ("status",))
         else:
             new = patched
             new["metadata"] = {
@@ -421,7 +534,7 @@ class Emulator(kmock.KubernetesScaffold):
             if info["status"] and resource != "v1/pods":
                 new["status"] = old.get("status")  # status changes need the subresource
             if resource.startswith("lightjob.dev/"):
-                self._validate_job(new, old)
+                self._validate_job(new, old, field_validation, ("spec",))
             if new.get("spec") != old.get("spec"):
                 new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         if new.get("status") is None:
@@ -519,20 +632,90 @@ class Emulator(kmock.KubernetesScaffold):
 
     # -- LightningJob specifics ----------------------------------------------------------------------
 
-    def _validate_job(self, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+    def _validate_job(
+        self,
+        obj: dict[str, Any],
+        old: dict[str, Any] | None = None,
+        field_validation: str = "Warn",
+        parts: tuple[str, ...] = ("spec", "status"),
+    ) -> None:
+        """What the API server does with a custom resource, in its order: prune the fields
+        the schema does not declare (fieldValidation Strict refuses them instead, with 400;
+        Warn, the default, says so in a Warning header), apply the schema's defaults, check
+        the schema, then every CEL rule at every level (transition rules, with oldSelf, only
+        where the old object has the field too)."""
+        schema = self._job_schema.schema
+        unknown: list[str] = []
+        for part in parts:
+            if isinstance(obj.get(part), dict):
+                unknown += _prune(obj[part], schema["properties"][part], part)
+        if unknown and field_validation == "Strict":
+            raise ApiError(
+                400,
+                "BadRequest",
+                'LightningJob in version "v1alpha1" cannot be handled as a LightningJob: '
+                "strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown),
+            )
+        if field_validation != "Ignore":
+            self._warnings += [f'unknown field "{u}"' for u in unknown]
+        for part in parts:
+            if isinstance(obj.get(part), dict):
+                _default(obj[part], schema["properties"][part])
+        name = obj.get("metadata", {}).get("name")
         errors = sorted(self._job_schema.iter_errors(obj), key=lambda e: list(e.path))
-        if errors:
-            path = ".".join(str(p) for p in errors[0].path)
-            raise ApiError(422, "Invalid", f"LightningJob is invalid: {path}: {errors[0].message}")
-        spec = obj.get("spec", {})
-        for program, message in self._spec_rules:
-            if not program.evaluate({"self": celpy.json_to_cel(spec)}):
-                raise ApiError(422, "Invalid", f"LightningJob is invalid: spec: {message}")
-        if old is not None:
-            before = old.get("spec", {}).get("checkpoint", {}).get("uri")
-            after = spec.get("checkpoint", {}).get("uri")
-            if before and after and before != after:
-                raise ApiError(422, "Invalid", "spec.checkpoint.uri: Invalid value: is immutable")
+        problems = [
+            f"{'.'.join(str(p) for p in e.path)}: Invalid value: {e.message}"
+            for e in errors
+            if not e.path or e.path[0] in (*parts, "metadata")
+        ]
+        for part in parts:
+            if part in obj:
+                before = (old or {}).get(part, _MISSING)
+                problems += self._cel(schema["properties"][part], obj[part], before, part)
+        if problems:
+            listed = problems[0] if len(problems) == 1 else f"[{', '.join(problems)}]"
+            raise ApiError(
+                422, "Invalid", f'LightningJob.lightjob.dev "{name}" is invalid: {listed}'
+            )
+
+    def _cel(self, schema: dict[str, Any], value: Any, old: Any, path: str) -> list[str]:
+        """The x-kubernetes-validations failed at this node and below, as the API server
+        words them."""
+        problems = []
+        for rule in schema.get("x-kubernetes-validations") or []:
+            uses_old = "oldSelf" in rule["rule"]
+            if uses_old and old is _MISSING:
+                continue  # a transition rule needs the old value
+            if rule["rule"] not in self._cel_programs:
+                self._cel_programs[rule["rule"]] = self._cel_env.program(
+                    self._cel_env.compile(rule["rule"])
+                )
+            activation = {"self": celpy.json_to_cel(value)}
+            if uses_old:
+                activation["oldSelf"] = celpy.json_to_cel(old)
+            try:
+                result = self._cel_programs[rule["rule"]].evaluate(activation)
+                holds = not isinstance(result, Exception) and bool(result)
+            except Exception:
+                holds = False
+            if not holds:
+                kind = _json_type(value)
+                message = rule.get("message") or f"failed rule: {rule['rule']}"
+                problems.append(f'{path}: Invalid value: "{kind}": {message}')
+        if isinstance(value, dict):
+            for key, sub in (schema.get("properties") or {}).items():
+                if key in value:
+                    before = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
+                    problems += self._cel(sub, value[key], before, f"{path}.{key}")
+            extra = schema.get("additionalProperties")
+            if isinstance(extra, dict):
+                for key, item in value.items():
+                    before = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
+                    problems += self._cel(extra, item, before, f"{path}[{key}]")
+        if isinstance(value, list) and isinstance(schema.get("items"), dict):
+            for i, item in enumerate(value):
+                problems += self._cel(schema["items"], item, _MISSING, f"{path}[{i}]")
+        return problems
 
     def _scale_of(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
@@ -690,6 +873,58 @@ def pod_security_problems(pod: dict[str, Any], level: str) -> list[str]:
             'securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")'
         )
     return problems
+
+
+# -- a structural schema, as the API server applies it to custom resources ------------------------
+
+_MISSING = object()
+
+
+def _prune(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """Drop (in place) what the schema does not declare; the paths dropped."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    dropped: list[str] = []
+    if isinstance(value, dict) and "properties" in schema:
+        for key in list(value):
+            if key not in schema["properties"]:
+                dropped.append(f"{path}.{key}")
+                del value[key]
+            else:
+                dropped += _prune(value[key], schema["properties"][key], f"{path}.{key}")
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, item in value.items():
+            dropped += _prune(item, schema["additionalProperties"], f"{path}[{key}]")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            dropped += _prune(item, schema["items"], f"{path}[{i}]")
+    return dropped
+
+
+def _default(value: Any, schema: dict[str, Any]) -> None:
+    """Fill in (in place) the schema's defaults, in objects that exist: a default inside
+    an absent object is not applied, as on the API server."""
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                _default(value[key], sub)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict) and "properties" not in schema:
+            for item in value.values():
+                _default(item, extra)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            _default(item, schema["items"])
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "integer", float: "number"}.get(
+        type(value), "null"
+    )
 
 
 def _route(path: str) -> tuple[str, str | None, str | None, str | None] | None:

@@ -40,7 +40,7 @@ from lightjob.controller import (
 )
 from lightjob.controller.build import JOB_LABEL, PODGROUP_API
 from lightjob.operator import metrics
-from lightjob.operator.kube import KubeClient
+from lightjob.operator.kube import KubeClient, Stale
 
 log = logging.getLogger("lightjob.operator")
 
@@ -52,6 +52,7 @@ class OperatorConfig:
     interval: float = 10.0  # seconds between safety-net reconciles of each job
     backoff_base: float = 10.0  # first back-off after a failure (doubles per failure)
     force_delete_after: float = 60.0  # seconds past a pod's grace period before a force delete
+    list_chunk_size: int | None = 500  # kopf lists in pages of this many (limit/continue)
     metrics_port: int | None = 8080
     progress_interval: float = 15.0  # at most one read of a job's progress per this many s
     log_format: str = "text"  # or "json": one object per line
@@ -60,6 +61,7 @@ class OperatorConfig:
 
 
 SERVICE_TTL_SECONDS = 30.0
+STALE_RETRIES = 3  # decisions made again after a conflicting write, before writing anyway
 SCRAPE_TIMEOUT_SECONDS = 2.0
 SCRAPE_BACKOFF_CAP_SECONDS = 300.0
 
@@ -111,9 +113,18 @@ class Reconciler:
         with lock:
             with self._guard:
                 self._waiting.discard(key)
-            return self._reconcile(namespace, name, key)
+            for _ in range(STALE_RETRIES):
+                try:
+                    return self._reconcile(namespace, name, key)
+                except Stale as err:
+                    # Decided from a job that changed since (a user's edit, another writer):
+                    # nothing was applied; decide again from what it is now.
+                    log.debug("lightjob: %s; reconciling again", err)
+            return self._reconcile(namespace, name, key, conditional=False)
 
-    def _reconcile(self, namespace: str, name: str, key: str) -> Plan | None:
+    def _reconcile(
+        self, namespace: str, name: str, key: str, conditional: bool = True
+    ) -> Plan | None:
         started = time.perf_counter()
         body = self.client.get_job(namespace, name)
         if body is None:
@@ -140,7 +151,8 @@ class Reconciler:
             sample=sample,
             podgroup=podgroup,
         )
-        refused = self.client.apply(namespace, name, plan, job.raw_status)
+        version = body.get("metadata", {}).get("resourceVersion") if conditional else None
+        refused = self.client.apply(namespace, name, plan, job.raw_status, version)
         if refused is not None:
             # The API refused a pod (quota, Pod Security, a webhook): the controller records
             # it in status and says when to try again.
@@ -265,6 +277,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.scanning.disabled = True
         settings.posting.level = logging.WARNING  # kopf's own events: warnings only
         settings.execution.max_workers = 32
+        # Page the initial lists (limit/continue), as a large cluster needs.
+        settings.watching.chunk_size = config.list_chunk_size
         import kubernetes
 
         configuration = kubernetes.client.Configuration()

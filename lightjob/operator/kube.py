@@ -30,6 +30,10 @@ REFUSALS = {400, 403, 422}
 TIMEOUT = (5.0, 30.0)
 
 
+class Stale(Exception):
+    """The job changed between the read a decision was made from and its status write."""
+
+
 class KubeClient:
     """The calls the operator makes, and nothing else (the chart's RBAC mirrors them)."""
 
@@ -95,7 +99,12 @@ class KubeClient:
             raise
 
     def apply(
-        self, namespace: str, name: str, plan: Plan, current_status: dict[str, Any]
+        self,
+        namespace: str,
+        name: str,
+        plan: Plan,
+        current_status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> Refused | None:
         """Status first, then the objects: if the operator stops half-way, the next
         reconcile reads the decision from the status and finishes the teardown or the start.
@@ -103,7 +112,7 @@ class KubeClient:
         (403, 422, ...) stops the creating and is returned: the rest of a gang waits rather
         than hold resources for a gang that cannot form."""
         if plan.status is not None:
-            self.write_status(namespace, name, plan.status, current_status)
+            self.write_status(namespace, name, plan.status, current_status, resource_version)
         for manifest in plan.update:
             self.patch_spec(namespace, manifest)
         for pod in plan.delete:
@@ -127,16 +136,34 @@ class KubeClient:
         return None
 
     def write_status(
-        self, namespace: str, name: str, status: dict[str, Any], old: dict[str, Any]
-    ) -> None:
-        # One merge patch of the whole status; keys that went away are removed with null.
-        patch = {"status": {**{k: None for k in old if k not in status}, **status}}
-        self._call(
-            "patch",
-            lambda: self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=TIMEOUT
-            ),
-        )
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        old: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None:
+        """One merge patch of the whole status; keys that went away are removed with null.
+        With `resource_version` (that of the job the decision was made from) the write is
+        conditional: if the job changed since, the API answers 409 and this raises Stale,
+        so that the decision is made again from what the job is now. Returns the new
+        resourceVersion."""
+        patch: dict[str, Any] = {"status": {**{k: None for k in old if k not in status}, **status}}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        try:
+            written = self._call(
+                "patch",
+                lambda: self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=TIMEOUT
+                ),
+                retry_conflicts=not resource_version,
+            )
+        except ApiException as err:
+            if err.status == 409 and resource_version:
+                raise Stale(f"{namespace}/{name} changed since it was read") from None
+            raise
+        return cast(dict[str, Any], written).get("metadata", {}).get("resourceVersion")
 
     def create(self, namespace: str, manifest: dict[str, Any]) -> Refused | None:
         """Create an object (one that exists is fine); None, or the API's refusal."""

@@ -404,3 +404,66 @@ async def test_a_spec_breaking_a_newer_rule_never_kills_the_running_job(cluster:
     await cluster.wait(lambda: status_of(cluster).get("restarts") == 1, what="acted on again")
     cleared = condition(cluster, "InvalidSpec")
     assert cleared is not None and cleared["status"] == "False"
+
+
+# -- the API's own unkindness: conflicts, watches that expire, paged lists ---------------------------
+
+
+async def test_a_decision_made_from_a_job_that_changed_since_is_not_applied(
+    cluster: Cluster,
+) -> None:
+    """The user suspends the job between the operator's read and its write: the status
+    write, conditional on what was read, gets 409, and the operator decides again."""
+    read, suspended = [], []
+
+    def suspend_after_the_first_read(method: str, path: str) -> None:
+        if method == "GET" and path.endswith("/lightningjobs/demo"):
+            read.append(path)
+        elif read and not suspended:  # the operator's next call: its read is now stale
+            suspended.append(path)
+            cluster.api.update(
+                JOBS, "default", "demo", None, {"spec": {"runPolicy": {"suspend": True}}}
+            )
+
+    cluster.api.on_request = suspend_after_the_first_read
+    cluster.api.create(JOBS, "default", job())
+    await cluster.wait(lambda: phase(cluster) == "Suspended", what="Suspended")
+    await asyncio.sleep(1)
+    created = [o for _, r, kind, o in cluster.api.history if r == "v1/pods" and kind == "ADDED"]
+    assert suspended and not created, "pods were created for a job already suspended"
+    conflicts = [
+        path
+        for (method, path) in cluster.api.calls
+        if method == "PATCH" and path.endswith("/demo/status")
+    ]
+    assert conflicts  # the stale write was tried, refused, and decided again
+
+
+async def test_the_operator_carries_on_through_expired_watches_and_paged_lists(
+    emulated: Cluster,
+) -> None:
+    emulated.api.bookmark_interval = 0.2
+    operator = OperatorRun(emulated, list_chunk_size=2)
+    await operator.start()
+    try:
+        for name in ("a", "b", "c"):
+            emulated.api.create(JOBS, "default", job(name, numNodes=1))
+
+        def phase_of(name: str) -> str | None:
+            return (emulated.api.get(JOBS, "default", name).get("status") or {}).get("phase")
+
+        await emulated.wait(lambda: all(phase_of(n) == "Running" for n in "abc"), what="3 jobs")
+        await emulated.wait(lambda: emulated.api.sent["BOOKMARK"], what="a bookmark while idle")
+        # The API server compacts its history and drops every watch: kopf comes back with
+        # a resourceVersion that is gone (410), lists again (in pages of 2), and goes on.
+        emulated.api.close_watches()
+        emulated.kubelet.exit("b-node-0", 0)  # happens while nobody watches
+        emulated.api.compact()
+        await emulated.wait(lambda: phase_of("b") == "Succeeded", timeout=30, what="b done")
+        emulated.kubelet.exit("c-node-0", 0)
+        await emulated.wait(lambda: phase_of("c") == "Succeeded", timeout=30, what="c done")
+        assert emulated.api.sent["410"] >= 1, "the watches resumed from a compacted version"
+        pages = [q for q in emulated.api.queries if q.get("limit") == "2"]
+        assert any(q.get("continue") for q in pages), "the lists were paged"
+    finally:
+        await operator.stop()
