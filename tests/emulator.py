@@ -19,12 +19,13 @@ that are unkind to it:
   checked, and every CEL rule at every level evaluated, transition rules (oldSelf) only
   where the old object has the field, with the API server's wording;
 - admission: refusals injected per request (`admission`: a ResourceQuota's 403, a
-  ValidatingAdmissionPolicy's 422, see exceeded_quota and denied_by_policy), and Pod
-  Security admission for namespaces labelled pod-security.kubernetes.io/enforce;
+  ValidatingAdmissionPolicy's 422, see admission.py), and Pod Security admission for
+  namespaces labelled pod-security.kubernetes.io/enforce (crd_schema.py holds the
+  custom-resource semantics);
 - list and watch with labelSelector and fieldSelector; lists in pages (limit/continue);
   watch resumption from a resourceVersion, 410 Gone for one older than the compacted
-  history (`compact()`), BOOKMARK events, timeoutSeconds, and watches the server ends
-  (`close_watches()`);
+  history (`watches.compact()`), BOOKMARK events, timeoutSeconds, and watches the server
+  ends (`watches.close()`; see watches.py);
 - finalizers, deletionTimestamp (for a pod, the end of its grace period), graceful pod
   deletion (the kubelet stand-in finishes it, or never does for a lost node), force
   deletion with gracePeriodSeconds 0, and owner-reference garbage collection;
@@ -42,16 +43,17 @@ import json
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp.web
-import celpy
 import jsonpatch
 import jsonschema
 import kmock
 
 from lightjob.api.crd import build_crd
+from tests.admission import PSA_LABEL, Rule, pod_security_problems
+from tests.crd_schema import MISSING, CelRules, default, prune
+from tests.watches import Watches, fields_match, label_selector
 
 Key = tuple[str, str, str]  # (resource path, namespace or "", name)
 
@@ -120,12 +122,9 @@ class Emulator(kmock.KubernetesScaffold):
             )
         self.store: dict[Key, dict[str, Any]] = {}
         self.by_resource: dict[str, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
-        self.history: list[
-            tuple[int, str, str, dict[str, Any]]
-        ] = []  # (rv, resource, type, object)
-        self.watchers: dict[str, list[asyncio.Queue[tuple[int, str, dict[str, Any]]]]] = (
-            defaultdict(list)
-        )
+        self.watches = Watches()
+        self.history = self.watches.history  # (rv, resource, type, object): every change
+        self.watchers = self.watches.queues  # resource -> the queues that follow it
         self.calls: list[tuple[str, str]] = []  # (method, path) of every object request
         self.queries: list[dict[str, str]] = []  # and its query parameters
         # Faults to inject: (method, path fragment, status code, times left).
@@ -134,19 +133,12 @@ class Emulator(kmock.KubernetesScaffold):
         self.on_request: Any = None  # called with (method, path) before each object request
         # Admission refusals injected per request: (resource, namespace, object) -> an
         # ApiError to answer with, or None (see exceeded_quota and denied_by_policy).
-        self.admission: list[Callable[[str, str, dict[str, Any]], ApiError | None]] = []
+        self.admission: list[Rule] = []
         self._rv = itertools.count(1)
         crd = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         self._job_schema = jsonschema.Draft4Validator(crd)
-        self._cel_env = celpy.Environment()
-        self._cel_programs: dict[str, Any] = {}
+        self._cel = CelRules()
         self._warnings: list[str] = []  # for the Warning header of the request in hand
-        # Watches: the resourceVersion below which history is compacted (older watches
-        # get 410 Gone), a way to end every open watch, and how often to send bookmarks.
-        self.compacted_rv = 0
-        self._watch_stops: set[asyncio.Event] = set()
-        self.bookmark_interval = 1.0
-        self.sent = {"BOOKMARK": 0, "410": 0}  # what the watches were told, for tests
         for name in ("default", "kube-system"):
             self.put("v1/namespaces", "", {"metadata": {"name": name}})
 
@@ -182,7 +174,13 @@ class Emulator(kmock.KubernetesScaffold):
         self._warnings = []
         try:
             if raw.method == "GET" and params.get("watch") in ("true", "1"):
-                return await self._watch(raw, resource, namespace, params)
+                state = [
+                    (int(o["metadata"]["resourceVersion"]), "ADDED", o)
+                    for (r, _, _), o in self.store.items()
+                    if r == resource
+                ]
+                kind = _info(resource)["kind"]
+                return await self.watches.serve(raw, resource, kind, namespace, params, state)
             result, code = self._dispatch(
                 raw.method,
                 resource,
@@ -253,111 +251,6 @@ class Emulator(kmock.KubernetesScaffold):
             ), 200
         raise ApiError(405, "MethodNotAllowed", method)
 
-    async def _watch(
-        self,
-        raw: aiohttp.web.BaseRequest,
-        resource: str,
-        namespace: str | None,
-        params: dict[str, str],
-    ) -> aiohttp.web.StreamResponse:
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(raw)
-        selector, fields = (
-            _selector(params.get("labelSelector", "")),
-            params.get("fieldSelector", ""),
-        )
-        since = params.get("resourceVersion")
-        if since and since.isdigit() and 0 < int(since) < self.compacted_rv:
-            gone = {
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": f"too old resource version: {since} ({self.compacted_rv})",
-                "reason": "Expired",
-                "code": 410,
-            }
-            await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
-            self.sent["410"] += 1
-            return response
-        queue: asyncio.Queue[tuple[int, str, dict[str, Any]]] = asyncio.Queue()
-        self.watchers[resource].append(queue)
-        stop = asyncio.Event()
-        self._watch_stops.add(stop)
-        if since and since.isdigit() and int(since) > 0:
-            backlog = [
-                (rv, t, o) for rv, r, t, o in self.history if r == resource and rv > int(since)
-            ]
-        else:
-            backlog = [
-                (int(o["metadata"]["resourceVersion"]), "ADDED", o)
-                for (r, _, _), o in self.store.items()
-                if r == resource
-            ]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(params.get("timeoutSeconds") or 3600)
-        bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
-        next_bookmark = loop.time() + self.bookmark_interval
-        try:
-            for event in backlog:
-                await self._send(response, event, namespace, selector, fields)
-            while loop.time() < deadline and not stop.is_set():
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=0.2)
-                except asyncio.TimeoutError:
-                    if bookmarks and loop.time() >= next_bookmark:
-                        await self._bookmark(response, resource)
-                        next_bookmark = loop.time() + self.bookmark_interval
-                    continue
-                if stop.is_set():
-                    break  # closed: what happened since is for the next watch to find
-                await self._send(response, event, namespace, selector, fields)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self.watchers[resource].remove(queue)
-            self._watch_stops.discard(stop)
-        return response
-
-    async def _bookmark(self, response: aiohttp.web.StreamResponse, resource: str) -> None:
-        """A BOOKMARK: no object, only the resourceVersion the watch has seen up to."""
-        kind = _info(resource)["kind"]
-        api_version = resource.rsplit("/", 1)[0]
-        bookmark = {
-            "kind": kind,
-            "apiVersion": api_version,
-            "metadata": {"resourceVersion": str(self._current_rv())},
-        }
-        await response.write(json.dumps({"type": "BOOKMARK", "object": bookmark}).encode() + b"\n")
-        self.sent["BOOKMARK"] += 1
-
-    def compact(self) -> None:
-        """Forget the history so far, as etcd compaction does: a watch that resumes from an
-        older resourceVersion gets 410 Gone and must list again."""
-        self.compacted_rv = self._current_rv()
-
-    def close_watches(self) -> None:
-        """End every open watch (an API server restart, a load balancer's idle timeout):
-        clients reconnect from the last resourceVersion they saw."""
-        for stop in self._watch_stops:
-            stop.set()
-
-    async def _send(
-        self,
-        response: aiohttp.web.StreamResponse,
-        event: tuple[int, str, dict[str, Any]],
-        namespace: str | None,
-        selector: Any,
-        fields: str,
-    ) -> None:
-        _, kind, obj = event
-        meta = obj["metadata"]
-        if namespace and meta.get("namespace") != namespace:
-            return
-        if not selector(meta.get("labels") or {}) or not _fields_match(obj, fields):
-            return
-        await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
-
     # -- the object store: also called directly by tests and the kubelet stand-in ---------------
 
     def get(self, resource: str, namespace: str, name: str) -> dict[str, Any]:
@@ -382,21 +275,21 @@ class Emulator(kmock.KubernetesScaffold):
         """A list, in chunks of `limit` when asked: each chunk's metadata.continue resumes
         after its last item ("" at the end), and a token older than the compacted history
         is 410 Expired, as on a real API server."""
-        wanted = _selector(selector)
+        wanted = label_selector(selector)
         found = sorted(
             (
                 (key, o)
                 for key, o in self.by_resource[resource].items()
                 if (not namespace or key[0] == namespace)
                 and wanted(o["metadata"].get("labels") or {})
-                and _fields_match(o, fields)
+                and fields_match(o, fields)
             ),
             key=lambda pair: pair[0],
         )
         rv = self._current_rv()
         if cont:
             token = json.loads(base64.b64decode(cont))
-            if token["rv"] < self.compacted_rv:
+            if token["rv"] < self.watches.compacted_rv:
                 raise ApiError(
                     410,
                     "Expired",
@@ -598,14 +491,10 @@ class Emulator(kmock.KubernetesScaffold):
         self._publish(resource, kind, obj)
 
     def _publish(self, resource: str, kind: str, obj: dict[str, Any]) -> None:
-        rv = int(obj["metadata"]["resourceVersion"])
-        snapshot = copy.deepcopy(obj)
-        self.history.append((rv, resource, kind, snapshot))
-        for queue in self.watchers.get(resource, []):
-            queue.put_nowait((rv, kind, snapshot))
+        self.watches.publish(resource, kind, obj)
 
     def _current_rv(self) -> int:
-        return self.history[-1][0] if self.history else 0
+        return self.watches.current_rv()
 
     # -- admission: what a valid create may still be refused by --------------------------------
 
@@ -614,9 +503,9 @@ class Emulator(kmock.KubernetesScaffold):
         plugins and webhooks see them: the injected refusals, then Pod Security admission
         for namespaces labelled pod-security.kubernetes.io/enforce."""
         for rule in self.admission:
-            error = rule(resource, namespace, obj)
-            if error is not None:
-                raise error
+            refusal = rule(resource, namespace, obj)
+            if refusal is not None:
+                raise ApiError(*refusal)
         if resource == "v1/pods":
             ns = self.find("v1/namespaces", "", namespace) or {}
             level = (ns.get("metadata", {}).get("labels") or {}).get(PSA_LABEL)
@@ -648,7 +537,7 @@ class Emulator(kmock.KubernetesScaffold):
         unknown: list[str] = []
         for part in parts:
             if isinstance(obj.get(part), dict):
-                unknown += _prune(obj[part], schema["properties"][part], part)
+                unknown += prune(obj[part], schema["properties"][part], part)
         if unknown and field_validation == "Strict":
             raise ApiError(
                 400,
@@ -660,7 +549,7 @@ class Emulator(kmock.KubernetesScaffold):
             self._warnings += [f'unknown field "{u}"' for u in unknown]
         for part in parts:
             if isinstance(obj.get(part), dict):
-                _default(obj[part], schema["properties"][part])
+                default(obj[part], schema["properties"][part])
         name = obj.get("metadata", {}).get("name")
         errors = sorted(self._job_schema.iter_errors(obj), key=lambda e: list(e.path))
         problems = [
@@ -670,52 +559,13 @@ class Emulator(kmock.KubernetesScaffold):
         ]
         for part in parts:
             if part in obj:
-                before = (old or {}).get(part, _MISSING)
-                problems += self._cel(schema["properties"][part], obj[part], before, part)
+                before = (old or {}).get(part, MISSING)
+                problems += self._cel.problems(schema["properties"][part], obj[part], before, part)
         if problems:
             listed = problems[0] if len(problems) == 1 else f"[{', '.join(problems)}]"
             raise ApiError(
                 422, "Invalid", f'LightningJob.lightjob.dev "{name}" is invalid: {listed}'
             )
-
-    def _cel(self, schema: dict[str, Any], value: Any, old: Any, path: str) -> list[str]:
-        """The x-kubernetes-validations failed at this node and below, as the API server
-        words them."""
-        problems = []
-        for rule in schema.get("x-kubernetes-validations") or []:
-            uses_old = "oldSelf" in rule["rule"]
-            if uses_old and old is _MISSING:
-                continue  # a transition rule needs the old value
-            if rule["rule"] not in self._cel_programs:
-                self._cel_programs[rule["rule"]] = self._cel_env.program(
-                    self._cel_env.compile(rule["rule"])
-                )
-            activation = {"self": celpy.json_to_cel(value)}
-            if uses_old:
-                activation["oldSelf"] = celpy.json_to_cel(old)
-            try:
-                result = self._cel_programs[rule["rule"]].evaluate(activation)
-                holds = not isinstance(result, Exception) and bool(result)
-            except Exception:
-                holds = False
-            if not holds:
-                kind = _json_type(value)
-                message = rule.get("message") or f"failed rule: {rule['rule']}"
-                problems.append(f'{path}: Invalid value: "{kind}": {message}')
-        if isinstance(value, dict):
-            for key, sub in (schema.get("properties") or {}).items():
-                if key in value:
-                    before = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
-                    problems += self._cel(sub, value[key], before, f"{path}.{key}")
-            extra = schema.get("additionalProperties")
-            if isinstance(extra, dict):
-                for key, item in value.items():
-                    before = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
-                    problems += self._cel(extra, item, before, f"{path}[{key}]")
-        if isinstance(value, list) and isinstance(schema.get("items"), dict):
-            for i, item in enumerate(value):
-                problems += self._cel(schema["items"], item, _MISSING, f"{path}[{i}]")
-        return problems
 
     def _scale_of(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
@@ -736,195 +586,6 @@ class Emulator(kmock.KubernetesScaffold):
             raise ApiError(422, "Invalid", "spec.replicas: Required value")
         self.update(key[0], key[1], key[2], None, {"spec": {"numNodes": replicas}})
         return self._scale_of(self.store[key])
-
-
-# -- admission refusals, as the API server words them -------------------------------------------
-
-PSA_LABEL = "pod-security.kubernetes.io/enforce"
-RESTRICTED_VOLUMES = {
-    "configMap",
-    "csi",
-    "downwardAPI",
-    "emptyDir",
-    "ephemeral",
-    "persistentVolumeClaim",
-    "projected",
-    "secret",
-}
-
-
-def exceeded_quota(
-    names: set[str],
-    quota: str = "team-gpus",
-    resource: str = "requests.nvidia.com/gpu",
-    requested: str = "8",
-    used: str = "16",
-    limited: str = "16",
-) -> Callable[[str, str, dict[str, Any]], ApiError | None]:
-    """A ResourceQuota with no room left for these pods (403 Forbidden)."""
-
-    def rule(path: str, namespace: str, obj: dict[str, Any]) -> ApiError | None:
-        name = obj.get("metadata", {}).get("name")
-        if path != "v1/pods" or name not in names:
-            return None
-        return ApiError(
-            403,
-            "Forbidden",
-            f'pods "{name}" is forbidden: exceeded quota: {quota}, requested: '
-            f"{resource}={requested}, used: {resource}={used}, limited: {resource}={limited}",
-        )
-
-    return rule
-
-
-def denied_by_policy(
-    names: set[str], message: str, policy: str = "require-team-label"
-) -> Callable[[str, str, dict[str, Any]], ApiError | None]:
-    """A ValidatingAdmissionPolicy that denies these pods (its default reason: 422 Invalid)."""
-
-    def rule(path: str, namespace: str, obj: dict[str, Any]) -> ApiError | None:
-        name = obj.get("metadata", {}).get("name")
-        if path != "v1/pods" or name not in names:
-            return None
-        return ApiError(
-            422,
-            "Invalid",
-            f"pods \"{name}\" is forbidden: ValidatingAdmissionPolicy '{policy}' with binding "
-            f"'{policy}-binding' denied request: {message}",
-        )
-
-    return rule
-
-
-def pod_security_problems(pod: dict[str, Any], level: str) -> list[str]:
-    """What Pod Security admission finds wrong with a pod at `level` (baseline or
-    restricted), in its words; privileged finds nothing."""
-    if level not in ("baseline", "restricted"):
-        return []
-    spec = pod.get("spec") or {}
-    pod_context = spec.get("securityContext") or {}
-    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    problems = []
-    hosts = [k for k in ("hostNetwork", "hostPID", "hostIPC") if spec.get(k)]
-    if hosts:
-        problems.append(f"host namespaces ({', '.join(f'{k}=true' for k in hosts)})")
-    for c in containers:
-        if (c.get("securityContext") or {}).get("privileged"):
-            problems.append(
-                f'privileged (container "{c["name"]}" must not set securityContext.privileged=true)'
-            )
-    for volume in spec.get("volumes") or []:
-        if "hostPath" in volume:
-            problems.append(f'hostPath volumes (volume "{volume["name"]}")')
-    if level == "baseline":
-        return problems
-    for volume in spec.get("volumes") or []:
-        kinds = [k for k in volume if k != "name"]
-        if kinds and kinds[0] not in RESTRICTED_VOLUMES and kinds[0] != "hostPath":
-            problems.append(
-                f'restricted volume types (volume "{volume["name"]}" uses restricted volume '
-                f'type "{kinds[0]}")'
-            )
-    for c in containers:
-        context = c.get("securityContext") or {}
-        if context.get("allowPrivilegeEscalation") is not False:
-            problems.append(
-                f'allowPrivilegeEscalation != false (container "{c["name"]}" must set '
-                "securityContext.allowPrivilegeEscalation=false)"
-            )
-    for c in containers:
-        capabilities = (c.get("securityContext") or {}).get("capabilities") or {}
-        if "ALL" not in (capabilities.get("drop") or []):
-            problems.append(
-                f'unrestricted capabilities (container "{c["name"]}" must set '
-                'securityContext.capabilities.drop=["ALL"])'
-            )
-        extra = [a for a in capabilities.get("add") or [] if a != "NET_BIND_SERVICE"]
-        if extra:
-            problems.append(
-                f'unrestricted capabilities (container "{c["name"]}" must not include '
-                f'"{extra[0]}" in securityContext.capabilities.add)'
-            )
-    non_root = [
-        c["name"]
-        for c in containers
-        if (c.get("securityContext") or {}).get("runAsNonRoot", pod_context.get("runAsNonRoot"))
-        is not True
-    ]
-    if non_root:
-        problems.append(
-            f'runAsNonRoot != true (pod or container "{non_root[0]}" must set '
-            "securityContext.runAsNonRoot=true)"
-        )
-    for c in containers:
-        if (c.get("securityContext") or {}).get("runAsUser", pod_context.get("runAsUser")) == 0:
-            problems.append(f'runAsUser=0 (container "{c["name"]}" must not set runAsUser=0)')
-    unconfined = [
-        c["name"]
-        for c in containers
-        if ((c.get("securityContext") or {}).get("seccompProfile") or {}).get(
-            "type", (pod_context.get("seccompProfile") or {}).get("type")
-        )
-        not in ("RuntimeDefault", "Localhost")
-    ]
-    if unconfined:
-        problems.append(
-            f'seccompProfile (pod or container "{unconfined[0]}" must set '
-            'securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")'
-        )
-    return problems
-
-
-# -- a structural schema, as the API server applies it to custom resources ------------------------
-
-_MISSING = object()
-
-
-def _prune(value: Any, schema: dict[str, Any], path: str) -> list[str]:
-    """Drop (in place) what the schema does not declare; the paths dropped."""
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return []
-    dropped: list[str] = []
-    if isinstance(value, dict) and "properties" in schema:
-        for key in list(value):
-            if key not in schema["properties"]:
-                dropped.append(f"{path}.{key}")
-                del value[key]
-            else:
-                dropped += _prune(value[key], schema["properties"][key], f"{path}.{key}")
-    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
-        for key, item in value.items():
-            dropped += _prune(item, schema["additionalProperties"], f"{path}[{key}]")
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(value):
-            dropped += _prune(item, schema["items"], f"{path}[{i}]")
-    return dropped
-
-
-def _default(value: Any, schema: dict[str, Any]) -> None:
-    """Fill in (in place) the schema's defaults, in objects that exist: a default inside
-    an absent object is not applied, as on the API server."""
-    if isinstance(value, dict):
-        for key, sub in (schema.get("properties") or {}).items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
-            if key in value:
-                _default(value[key], sub)
-        extra = schema.get("additionalProperties")
-        if isinstance(extra, dict) and "properties" not in schema:
-            for item in value.values():
-                _default(item, extra)
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for item in value:
-            _default(item, schema["items"])
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    return {dict: "object", list: "array", str: "string", int: "integer", float: "number"}.get(
-        type(value), "null"
-    )
 
 
 def _route(path: str) -> tuple[str, str | None, str | None, str | None] | None:
@@ -968,43 +629,6 @@ def _merge(target: Any, patch: Any) -> Any:
         else:
             target[key] = _merge(target.get(key), value)
     return target
-
-
-def _selector(selector: str) -> Any:
-    """Compile a label selector (a=b, a==b, a!=b, a in (x,y), a notin (x), a, !a) into a
-    predicate over a labels dict."""
-    tests = []
-    for term in re.findall(r"[^,(]+(?:\([^)]*\))?", selector):
-        term = term.strip()
-        if not term:
-            continue
-        found = re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", term)
-        if found:
-            key, negate = found.group(1), found.group(2) == "notin"
-            values = {v.strip() for v in found.group(3).split(",")}
-            tests.append(lambda labels, k=key, v=values, n=negate: (labels.get(k) in v) != n)
-        elif "!=" in term:
-            key, value = (x.strip() for x in term.split("!=", 1))
-            tests.append(lambda labels, k=key, v=value: labels.get(k) != v)
-        elif "=" in term:
-            key, value = (x.strip() for x in term.replace("==", "=").split("=", 1))
-            tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
-        elif term.startswith("!"):
-            tests.append(lambda labels, k=term[1:]: k not in labels)
-        else:
-            tests.append(lambda labels, k=term: k in labels)
-    return lambda labels: all(test(labels) for test in tests)
-
-
-def _fields_match(obj: dict[str, Any], fields: str) -> bool:
-    for term in filter(None, fields.split(",")):
-        key, _, value = term.partition("=")
-        node: Any = obj
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if str(node) != value:
-            return False
-    return True
 
 
 def _now() -> dt.datetime:

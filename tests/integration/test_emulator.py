@@ -189,7 +189,7 @@ async def test_lists_come_in_pages_with_continue_tokens(emulated: Cluster) -> No
     assert (names, pages) == (["p0", "p1", "p2", "p3", "p4"], 3)
     first = await call(core.list_namespaced_pod, "elsewhere", limit=2)
     emulated.api.create("v1/pods", "elsewhere", {"metadata": {"name": "late"}, "spec": {}})
-    emulated.api.compact()
+    emulated.api.watches.compact()
     code, status = await refused(
         core.list_namespaced_pod, "elsewhere", limit=2, _continue=first.metadata._continue
     )
@@ -201,11 +201,11 @@ async def test_a_watch_from_a_compacted_version_is_gone_and_bookmarks_carry_the_
 ) -> None:
     import aiohttp
 
-    emulated.api.bookmark_interval = 0.2
+    emulated.api.watches.bookmark_interval = 0.2
     emulated.api.create("v1/pods", "elsewhere", {"metadata": {"name": "a"}, "spec": {}})
     old = emulated.api.get("v1/pods", "elsewhere", "a")["metadata"]["resourceVersion"]
     emulated.api.update("v1/pods", "elsewhere", "a", None, {"metadata": {"labels": {"b": "c"}}})
-    emulated.api.compact()
+    emulated.api.watches.compact()
     url = f"{emulated.url}/api/v1/namespaces/elsewhere/pods"
     async with aiohttp.ClientSession() as session:
         params = {"watch": "true", "resourceVersion": old}
@@ -218,5 +218,7 @@ async def test_a_watch_from_a_compacted_version_is_gone_and_bookmarks_carry_the_
             events = [json.loads(line) async for line in response.content]
     assert events[0]["type"] == "ADDED"  # a watch without a version starts with the state
     bookmark = next(e for e in events if e["type"] == "BOOKMARK")
-    assert bookmark["object"]["metadata"]["resourceVersion"] == str(emulated.api._current_rv())
+    assert bookmark["object"]["metadata"]["resourceVersion"] == str(
+        emulated.api.watches.current_rv()
+    )
     assert set(bookmark["object"]) == {"kind", "apiVersion", "metadata"}

@@ -16,6 +16,12 @@ def events_with(cluster: Cluster, reason: str) -> list[str]:
     return [e for e in cluster.events() if e.startswith(f"{reason}:")]
 
 
+async def one_event(cluster: Cluster, reason: str) -> str:
+    """The one event of this reason (events are posted after the status write)."""
+    (event,) = await cluster.wait(lambda: events_with(cluster, reason), what=f"a {reason} event")
+    return str(event)
+
+
 def condition(cluster: Cluster, kind: str) -> dict[str, Any] | None:
     return next((c for c in status_of(cluster).get("conditions", []) if c["type"] == kind), None)
 
@@ -33,7 +39,7 @@ async def test_node_zero_that_exits_0_as_its_node_shuts_down_is_preempted(cluste
         lambda: phase(cluster) == "Running" and attempts(cluster) == {"2"}, what="attempt 2"
     )
     assert status_of(cluster)["restarts"] == 0 and "completionTime" not in status_of(cluster)
-    (preempted,) = events_with(cluster, "Preempted")
+    preempted = await one_event(cluster, "Preempted")
     assert "node 0 was disrupted (TerminationByKubelet" in preempted
 
 
@@ -72,7 +78,7 @@ async def test_a_sigabrt_crash_loop_backs_off_and_hits_the_backoff_limit(cluster
     status = status_of(cluster)
     assert status["preemptions"] == 0 and status["phase"] == "Restarting"
     assert status["nextAttemptTime"] > status["attemptStartTime"]  # the back-off
-    (failed,) = events_with(cluster, "NodeFailed")
+    failed = await one_event(cluster, "NodeFailed")
     assert "node 1 was killed by SIGABRT (exit 134); restarting in 1s" in failed
     await cluster.wait(lambda: phase(cluster) == "Running" and attempts(cluster) == {"2"})
     cluster.kubelet.exit("demo-node-0", 139)  # SIGSEGV
@@ -152,7 +158,7 @@ async def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted(emulated:
             timeout=30,
             what="attempt 2 once the stuck pod is force-deleted",
         )
-        (forced,) = events_with(emulated, "ForceDeleted")
+        forced = await one_event(emulated, "ForceDeleted")
         assert "pod demo-node-1 was still terminating" in forced
         assert "gracePeriodSeconds 0" in forced
         assert emulated.pods()["demo-node-1"]["spec"]["nodeName"] != node
@@ -166,7 +172,7 @@ async def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted(emulated:
 async def test_a_pod_refused_by_a_quota_is_shown_retried_with_back_off_then_fails(
     cluster: Cluster,
 ) -> None:
-    from tests.emulator import exceeded_quota
+    from tests.admission import exceeded_quota
 
     cluster.api.admission.append(exceeded_quota({"demo-node-2"}))
     cluster.api.create(JOBS, "default", job(numNodes=3, runPolicy={"pendingDeadlineSeconds": 4}))
@@ -194,7 +200,7 @@ async def test_a_pod_refused_by_a_quota_is_shown_retried_with_back_off_then_fail
 
 
 async def test_a_refusal_that_ends_lets_the_gang_start(cluster: Cluster) -> None:
-    from tests.emulator import exceeded_quota
+    from tests.admission import exceeded_quota
 
     quota = exceeded_quota({"demo-node-1"})
     cluster.api.admission.append(quota)
@@ -214,7 +220,7 @@ async def test_pod_security_restricted_admits_the_example_and_refuses_an_escalat
 
     import yaml
 
-    from tests.emulator import PSA_LABEL
+    from tests.admission import PSA_LABEL
 
     cluster.api.update(
         "v1/namespaces", "", "default", None, {"metadata": {"labels": {PSA_LABEL: "restricted"}}}
@@ -247,7 +253,7 @@ async def test_pod_security_restricted_admits_the_example_and_refuses_an_escalat
 
 
 async def test_a_policy_denial_422_is_shown_with_the_apis_message(cluster: Cluster) -> None:
-    from tests.emulator import denied_by_policy
+    from tests.admission import denied_by_policy
 
     cluster.api.admission.append(
         denied_by_policy({"demo-node-0", "demo-node-1"}, "pods must carry a team label")
@@ -285,7 +291,7 @@ async def test_a_scale_up_that_cannot_be_placed_rolls_back_and_the_job_runs_on(
     status = status_of(cluster)
     assert (status["phase"], status["replicas"], status["rejectedNumNodes"]) == ("Running", 2, 3)
     assert set(phases) == {"Running"}, phases  # never Pending, never Failed
-    (event,) = events_with(cluster, "ScaleUpRolledBack")
+    event = await one_event(cluster, "ScaleUpRolledBack")
     assert "numNodes=3 could not be placed within pendingDeadlineSeconds=2" in event
     assert "Insufficient cpu" in event and "back to 2 nodes" in event
     assert (status["restarts"], status["preemptions"], status["attempt"]) == (0, 0, 1)
@@ -442,7 +448,7 @@ async def test_a_decision_made_from_a_job_that_changed_since_is_not_applied(
 async def test_the_operator_carries_on_through_expired_watches_and_paged_lists(
     emulated: Cluster,
 ) -> None:
-    emulated.api.bookmark_interval = 0.2
+    emulated.api.watches.bookmark_interval = 0.2
     operator = OperatorRun(emulated, list_chunk_size=2)
     await operator.start()
     try:
@@ -453,16 +459,18 @@ async def test_the_operator_carries_on_through_expired_watches_and_paged_lists(
             return (emulated.api.get(JOBS, "default", name).get("status") or {}).get("phase")
 
         await emulated.wait(lambda: all(phase_of(n) == "Running" for n in "abc"), what="3 jobs")
-        await emulated.wait(lambda: emulated.api.sent["BOOKMARK"], what="a bookmark while idle")
+        await emulated.wait(
+            lambda: emulated.api.watches.sent["BOOKMARK"], what="a bookmark while idle"
+        )
         # The API server compacts its history and drops every watch: kopf comes back with
         # a resourceVersion that is gone (410), lists again (in pages of 2), and goes on.
-        emulated.api.close_watches()
+        emulated.api.watches.close()
         emulated.kubelet.exit("b-node-0", 0)  # happens while nobody watches
-        emulated.api.compact()
+        emulated.api.watches.compact()
         await emulated.wait(lambda: phase_of("b") == "Succeeded", timeout=30, what="b done")
         emulated.kubelet.exit("c-node-0", 0)
         await emulated.wait(lambda: phase_of("c") == "Succeeded", timeout=30, what="c done")
-        assert emulated.api.sent["410"] >= 1, "the watches resumed from a compacted version"
+        assert emulated.api.watches.sent["410"] >= 1, "the watches resumed from a compacted version"
         pages = [q for q in emulated.api.queries if q.get("limit") == "2"]
         assert any(q.get("continue") for q in pages), "the lists were paged"
     finally:
