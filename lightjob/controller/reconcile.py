@@ -155,7 +155,13 @@ def _decide(ctx: Context, sample: Sample | None) -> Plan:
 
     if status.phase == "Restarting" or attempt == 0:
         return next_attempt(ctx)
+    return _attempt_in_progress(ctx, sample)
 
+
+def _attempt_in_progress(ctx: Context, sample: Sample | None) -> Plan:
+    """Resize it if numNodes changed, judge it from its pods (policy.py), and end it or
+    carry it on."""
+    spec, status, plan = ctx.spec, ctx.status, ctx.plan
     added: list[int] = []
     if ctx.num_nodes != status.replicas:
         if spec.rendezvous.backend != "c10d":
