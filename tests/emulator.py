@@ -378,15 +378,17 @@ class Emulator(kmock.KubernetesScaffold):
             raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
         if subresource == "scale":
             return self._scale(key, old, data, method)
-        if method == "PUT":
-            wanted = (data or {}).get("metadata", {}).get("resourceVersion")
+        if "json-patch" not in content_type:
+            # A PUT, or a merge patch, that names a resourceVersion is conditional on it.
+            wanted = ((data or {}).get("metadata") or {}).get("resourceVersion")
             if wanted and wanted != old["metadata"]["resourceVersion"]:
                 raise ApiError(
                     409,
                     "Conflict",
-                    f'Operation cannot be fulfilled on {resource} "{name}": '
-                    "the object has been modified; please apply your changes to the latest version",
+                    f'Operation cannot be fulfilled on {resource} "{name}": the object has '
+                    "been modified; please apply your changes to the latest version and try again",
                 )
+        if method == "PUT":
             patched = copy.deepcopy(data)
         elif "json-patch" in content_type:
             try:
@@ -398,15 +400,6 @@ class Emulator(kmock.KubernetesScaffold):
             ) as err:
                 raise ApiError(422, "Invalid", f"the server rejected our request: {err}") from None
         else:
-            # A merge patch that names a resourceVersion is conditional, as with PUT.
-            wanted = ((data or {}).get("metadata") or {}).get("resourceVersion")
-            if wanted and wanted != old["metadata"]["resourceVersion"]:
-                raise ApiError(
-                    409,
-                    "Conflict",
-                    f'Operation cannot be fulfilled on {resource} "{name}": the object has '
-                    "been modified; please apply your changes to the latest version and try again",
-                )
             patched = _merge(copy.deepcopy(old), data or {})
         new = copy.deepcopy(old)
         info = _info(resource)

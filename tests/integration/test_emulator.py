@@ -145,27 +145,23 @@ async def test_a_patch_with_a_stale_resource_version_is_a_conflict(emulated: Clu
     created = await create_job(emulated, job())
     stale = created["metadata"]["resourceVersion"]
     emulated.api.update(JOBS, "default", "demo", None, {"metadata": {"labels": {"a": "b"}}})
-    code, status = await refused(
-        api.patch_namespaced_custom_object_status,
-        "lightjob.dev",
-        "v1alpha1",
-        "default",
-        "lightningjobs",
-        "demo",
-        {"metadata": {"resourceVersion": stale}, "status": {"phase": "Running"}},
-    )
+
+    async def write_status(version: str) -> Any:
+        patch = {"metadata": {"resourceVersion": version}, "status": {"phase": "Running"}}
+        return await call(
+            api.patch_namespaced_custom_object_status,
+            "lightjob.dev",
+            "v1alpha1",
+            "default",
+            "lightningjobs",
+            "demo",
+            patch,
+        )
+
+    code, status = await refused(write_status, stale)
     assert (code, status["reason"]) == (409, "Conflict")
     current = emulated.api.get(JOBS, "default", "demo")["metadata"]["resourceVersion"]
-    written = await call(
-        api.patch_namespaced_custom_object_status,
-        "lightjob.dev",
-        "v1alpha1",
-        "default",
-        "lightningjobs",
-        "demo",
-        {"metadata": {"resourceVersion": current}, "status": {"phase": "Running"}},
-    )
-    assert written["status"]["phase"] == "Running"
+    assert (await write_status(current))["status"]["phase"] == "Running"
 
 
 async def test_lists_come_in_pages_with_continue_tokens(emulated: Cluster) -> None:

@@ -355,15 +355,11 @@ def test_suspend_stops_the_gang_and_resume_starts_a_new_attempt() -> None:
     assert [e.reason for e in resumed.events] == ["Resumed", "AttemptStarted"]
 
 
-def test_deadlines() -> None:
-    late = NOW + dt.timedelta(hours=2)
-    plan = plan_for(
-        job_body(running(), runPolicy={"activeDeadlineSeconds": 3600}), [pod(0), pod(1)], now=late
-    )
-    assert plan.status is not None and plan.status["phase"] == "Failed"
-    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+def unschedulable_pod(rank: int, created: str = "", attempt: int = 1) -> dict[str, Any]:
+    """A pod the scheduler cannot place; `created`: its creationTimestamp, if any."""
     stuck = pod(
-        1,
+        rank,
+        attempt=attempt,
         state="waiting",
         status={
             "conditions": [
@@ -376,6 +372,19 @@ def test_deadlines() -> None:
             ]
         },
     )
+    if created:
+        stuck["metadata"]["creationTimestamp"] = created
+    return stuck
+
+
+def test_deadlines() -> None:
+    late = NOW + dt.timedelta(hours=2)
+    plan = plan_for(
+        job_body(running(), runPolicy={"activeDeadlineSeconds": 3600}), [pod(0), pod(1)], now=late
+    )
+    assert plan.status is not None and plan.status["phase"] == "Failed"
+    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+    stuck = unschedulable_pod(1)
     body = job_body(running(phase="Pending"), runPolicy={"pendingDeadlineSeconds": 600})
     early = plan_for(body, [pod(0), stuck], now=NOW - dt.timedelta(minutes=55))
     assert early.status is not None and "Insufficient nvidia.com/gpu" in early.status["message"]
@@ -987,26 +996,6 @@ def test_a_refusal_ends_when_the_pod_exists() -> None:
     assert plan.status["phase"] == "Running"
     condition = next(c for c in plan.status["conditions"] if c["type"] == "PodCreationRefused")
     assert condition["status"] == "False" and condition["reason"] == "Created"
-
-
-def unschedulable_pod(rank: int, created: str, attempt: int = 1) -> dict[str, Any]:
-    stuck = pod(
-        rank,
-        attempt=attempt,
-        state="waiting",
-        status={
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                }
-            ]
-        },
-    )
-    stuck["metadata"]["creationTimestamp"] = created
-    return stuck
 
 
 ELASTIC = {"minNodes": 1, "maxNodes": 4, "rendezvous": {"backend": "c10d"}}
