@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         help="first back-off after a failure; doubles per failure",
     )
     operator.add_argument(
+        "--force-delete-after",
+        type=float,
+        default=60.0,
+        help="force-delete a pod still terminating this many seconds after its grace period",
+    )
+    operator.add_argument(
         "--progress-interval",
         type=float,
         default=15.0,
@@ -231,6 +237,7 @@ def _operator(args: argparse.Namespace) -> int:
             peering=args.peering,
             interval=args.interval,
             backoff_base=args.backoff_seconds,
+            force_delete_after=args.force_delete_after,
             metrics_port=args.metrics_port,
             progress_interval=args.progress_interval,
             log_format=args.log_format,

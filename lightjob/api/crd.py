@@ -105,6 +105,33 @@ PRINTER_COLUMNS = [
 ]
 
 
+def prune(value: Any, schema: Schema, path: str) -> tuple[Any, list[str]]:
+    """`value` without the fields `schema` does not declare, as the API server prunes
+    them, and the paths of those fields. The operator reads a spec written under a newer
+    CRD (another minor version) this way: what it does not know, it ignores."""
+    if not isinstance(schema, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return value, []
+    if isinstance(value, dict) and "properties" in schema:
+        kept, dropped = {}, []
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                dropped.append(f"{path}.{key}")
+                continue
+            kept[key], lost = prune(item, schema["properties"][key], f"{path}.{key}")
+            dropped += lost
+        return kept, dropped
+    if isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        kept, dropped = {}, []
+        for key, item in value.items():
+            kept[key], lost = prune(item, schema["additionalProperties"], f"{path}.{key}")
+            dropped += lost
+        return kept, dropped
+    if isinstance(value, list) and "items" in schema:
+        pairs = [prune(item, schema["items"], f"{path}[{i}]") for i, item in enumerate(value)]
+        return [p[0] for p in pairs], [d for p in pairs for d in p[1]]
+    return value, []
+
+
 def _metadata_schema() -> Schema:
     # A structural schema may only restrict metadata.name (and generateName).
     name = models.ObjectMeta.model_fields["name"]

@@ -27,6 +27,9 @@ SHORT_NAMES = ["lj"]
 # A Kubernetes object lightjob passes through unchanged (x-kubernetes-preserve-unknown-fields).
 KubeObject = dict[str, Any]
 
+# How long pods the API refuses, or containers that cannot start, are retried when
+# runPolicy.pendingDeadlineSeconds is unset: those wait for a person, not for capacity.
+STUCK_SECONDS = 300
 # Two minutes covers a synchronous checkpoint of a few GB to object storage; the runtime
 # logs how much of the grace period each preemption save used, so users can tune it.
 DEFAULT_GRACE_SECONDS = 120
@@ -97,6 +100,50 @@ class Resources(Model):
     )
     requests: dict[str, Quantity] = Field(default_factory=dict, description="As limits.")
     claims: list[KubeObject] = Field(default_factory=list, description="Dynamic resource claims.")
+
+
+class Capabilities(Model):
+    """Linux capabilities of the trainer container."""
+
+    add: list[str] = Field(default_factory=list, description="Capabilities to add.")
+    drop: list[str] = Field(
+        default_factory=lambda: ["ALL"], description="Capabilities to drop (default: ALL)."
+    )
+
+
+class SeccompProfile(Model):
+    """The trainer container's seccomp profile."""
+
+    type: Literal["RuntimeDefault", "Localhost", "Unconfined"] = Field(
+        "RuntimeDefault", description="RuntimeDefault, Localhost or Unconfined."
+    )
+    localhost_profile: str | None = Field(
+        None, min_length=1, description="The profile's file on the node, with type Localhost."
+    )
+
+
+class SecurityContext(Model):
+    """The trainer container's securityContext. The defaults meet Pod Security "restricted"
+    except runAsNonRoot, which only an image that runs as a non-root user can meet: set it
+    when yours does (lightjob's runtime image runs as UID 1000)."""
+
+    allow_privilege_escalation: bool = Field(
+        False, description="Let a process gain more privileges than its parent (setuid)."
+    )
+    capabilities: Capabilities = Field(
+        default_factory=Capabilities, description="Linux capabilities (default: drop ALL)."
+    )
+    seccomp_profile: SeccompProfile = Field(
+        default_factory=SeccompProfile, description="Seccomp profile (default: RuntimeDefault)."
+    )
+    run_as_non_root: bool | None = Field(
+        None, description="Refuse to start the container as root (UID 0)."
+    )
+    run_as_user: int | None = Field(None, ge=0, description="UID to run the trainer as.")
+    run_as_group: int | None = Field(None, ge=0, description="GID to run the trainer as.")
+    read_only_root_filesystem: bool | None = Field(
+        None, description="Mount the container's root filesystem read-only."
+    )
 
 
 class PodTemplate(Model):
@@ -248,10 +295,18 @@ class RunPolicy(Model):
         None, ge=0, description="Preemptions allowed before Failed; unset means unlimited."
     )
     active_deadline_seconds: int | None = Field(
-        None, ge=1, description="Fail the job after this long since it started."
+        None,
+        ge=1,
+        description="Fail the job once it has run this long since it started, time "
+        "suspended not counted.",
     )
     pending_deadline_seconds: int | None = Field(
-        None, ge=1, description="Fail an attempt whose pods stay unschedulable this long."
+        None,
+        ge=1,
+        description="Fail an attempt whose pods stay unschedulable this long, measured per "
+        "pod from its creation (unset: they wait). Pods the API refuses and containers that "
+        f"cannot start (image pull errors) give up after this long, or {STUCK_SECONDS} s "
+        "when unset.",
     )
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the LightningJob this long after it finished."
@@ -297,6 +352,11 @@ class LightningJobSpec(Model):
     volumes: list[KubeObject] = Field(default_factory=list, description="Pod volumes.")
     volume_mounts: list[KubeObject] = Field(
         default_factory=list, description="Trainer container volumeMounts."
+    )
+    security_context: SecurityContext = Field(
+        default_factory=SecurityContext,
+        description="Trainer container securityContext; the pod's own is "
+        "podTemplate.securityContext.",
     )
     pod_template: PodTemplate = Field(default_factory=PodTemplate, description="Pod overrides.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints.")
@@ -480,6 +540,22 @@ class Progress(BaseModel):
     )
 
 
+class Refusal(BaseModel):
+    """The API's refusal to create one of the job's objects (a ResourceQuota, Pod Security
+    admission, a policy or webhook): retried with back-off until the pending deadline."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, extra="ignore")
+
+    kind: str = Field(description="Kind of the object refused (Pod, Service, PodGroup).")
+    name: str = Field(description="Its name.")
+    code: int = Field(description="The API's HTTP status code (403, 422, ...).")
+    reason: str = Field("", description="The API's reason (Forbidden, Invalid, ...).")
+    message: str = Field("", description="The API's message.")
+    since: dt.datetime = Field(description="First refusal in this attempt.")
+    retries: int = Field(1, description="Refusals in a row.")
+    retry_time: dt.datetime = Field(description="When the operator tries again.")
+
+
 Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 
 
@@ -506,7 +582,24 @@ class LightningJobStatus(BaseModel):
         None, description="Earliest start of the next attempt (back-off after a failure)."
     )
     resizes: int = Field(0, description="Attempts ended to change the number of nodes.")
+    resized_from: int | None = Field(
+        None,
+        description="Nodes before a scale-up whose new pods have not all started yet; the "
+        "job returns to them if those pods cannot start in time.",
+    )
+    rejected_num_nodes: int | None = Field(
+        None,
+        description="A numNodes whose scale-up could not be placed and was rolled back; the "
+        "job keeps its size until spec.numNodes changes.",
+    )
+    suspend_time: dt.datetime | None = Field(None, description="When the job was suspended.")
+    suspended_seconds: int = Field(
+        0, description="Time spent suspended, which activeDeadlineSeconds does not count."
+    )
     completion_time: dt.datetime | None = Field(None, description="When the job finished.")
+    refusal: Refusal | None = Field(
+        None, description="The API refusing one of the job's objects, while it lasts."
+    )
     last_checkpoint: CheckpointRef | None = Field(None, description="Newest durable checkpoint.")
     progress: Progress | None = Field(None, description="Training progress from node 0.")
     message: str = Field("", description="Why the job is in its phase.")

@@ -4,18 +4,19 @@ No I/O, no kopf, no Kubernetes client: the operator and `lightjob run` both appl
 """
 
 from lightjob.controller.build import build_pod, build_service, pod_name, selector
-from lightjob.controller.progress import Sample, parse
-from lightjob.controller.reconcile import (
-    Event,
+from lightjob.controller.observe import (
     JobView,
-    Plan,
     PodGroupView,
     PodView,
+    Refused,
     observe_job,
     observe_pod,
     observe_podgroup,
-    reconcile,
 )
+from lightjob.controller.plan import Event, Plan, Settings
+from lightjob.controller.progress import Sample, parse
+from lightjob.controller.reconcile import reconcile
+from lightjob.controller.starting import record_refusal
 
 __all__ = [
     "Event",
@@ -23,7 +24,9 @@ __all__ = [
     "Plan",
     "PodGroupView",
     "PodView",
+    "Refused",
     "Sample",
+    "Settings",
     "build_pod",
     "build_service",
     "observe_job",
@@ -32,5 +35,6 @@ __all__ = [
     "parse",
     "pod_name",
     "reconcile",
+    "record_refusal",
     "selector",
 ]

@@ -216,6 +216,7 @@ def _trainer(spec: LightningJobSpec, env: list[Any], mounts: list[Any]) -> dict[
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
+        "securityContext": security_context(spec),
     }
     optional = {
         "imagePullPolicy": spec.image_pull_policy,
@@ -227,6 +228,15 @@ def _trainer(spec: LightningJobSpec, env: list[Any], mounts: list[Any]) -> dict[
     }
     container.update({k: v for k, v in optional.items() if v is not None})
     return container
+
+
+def security_context(spec: LightningJobSpec) -> dict[str, Any]:
+    """The trainer's securityContext: by default no privilege escalation, no capabilities
+    and the runtime's seccomp profile, which Pod Security "restricted" asks for."""
+    context = spec.security_context.model_dump(by_alias=True, exclude_none=True)
+    if not context["capabilities"]["add"]:
+        del context["capabilities"]["add"]
+    return context
 
 
 def _scheduler(spec: LightningJobSpec) -> dict[str, str | None]:

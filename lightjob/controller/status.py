@@ -42,3 +42,32 @@ def set_conditions(
         )
     others = [c for c in status.conditions if c.type not in CONDITION_TYPES]
     status.conditions = updated + others
+
+
+def set_condition(
+    status: LightningJobStatus,
+    kind: str,
+    active: bool,
+    reason: str,
+    message: str,
+    now: dt.datetime,
+    generation: int,
+) -> None:
+    """Set one condition that is not a phase's (PodCreationRefused, ...). A condition that
+    was never True is not added just to say False; lastTransitionTime moves on flips."""
+    old = next((c for c in status.conditions if c.type == kind), None)
+    if old is None and not active:
+        return
+    value = "True" if active else "False"
+    flipped = old is None or old.status != value
+    new = Condition(
+        type=kind,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=now if flipped or old is None else old.last_transition_time,
+        observed_generation=generation,
+    )
+    status.conditions = [new if c.type == kind else c for c in status.conditions]
+    if old is None:
+        status.conditions.append(new)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lightjob.api.validate import InvalidJobError, load_job
-from lightjob.controller import observe_job, observe_pod, reconcile
+from lightjob.controller import Settings, observe_job, observe_pod, reconcile
 from lightjob.local.pods import LocalPods
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_INVALID, EXIT_SUSPENDED = 0, 1, 2, 130
@@ -86,14 +86,16 @@ class Run:
             job = observe_job(body)
             views = [v for v in (observe_pod(p, job.uid) for p in self.pods.observed()) if v]
             now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-            plan = reconcile(job, views, True, now, backoff_base=self.backoff)
+            plan = reconcile(job, views, True, now, settings=Settings(backoff_base=self.backoff))
             if plan.status is not None:
                 body["status"] = plan.status
                 (self.dir / "status.json").write_text(json.dumps(body["status"], indent=2))
             for manifest in plan.create:
                 if manifest["kind"] == "Pod":
                     self.pods.create(manifest)
-            for pod in plan.delete:
+            # Local pods never stay Terminating (SIGKILL follows the grace period), so a
+            # force delete is a delete here.
+            for pod in plan.delete + plan.force_delete:
                 self.pods.delete(pod)
             for event in plan.events:
                 key = (event.reason, event.message)

@@ -1,21 +1,24 @@
 """kopf handlers: every trigger runs the same level-based reconcile of one job.
 
 Triggers: any event on a LightningJob (create, update, and the initial listing after an
-operator restart), any event on a pod labelled with a job name, and a timer for what
-only time can decide (back-off, deadlines, TTL). Each reconcile reads the job and its
-pods, asks the controller for a plan, applies it, writes status once, and posts the
-plan's events. Reconciles of one job never overlap.
+operator restart), any event on a pod labelled with a job name, a wake-up at the moment
+the controller's last plan asked for (`Plan.requeue_after`: back-off, deadlines, TTL),
+and a slow timer that re-reads every job as a safety net. Each reconcile reads the job
+and its pods, asks the controller for a plan, applies it, writes status once, and posts
+the plan's events. Reconciles of one job never overlap.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import datetime as dt
 import logging
 import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -27,16 +30,18 @@ from lightjob.controller import (
     Plan,
     PodView,
     Sample,
+    Settings,
     observe_job,
     observe_pod,
     observe_podgroup,
     parse,
     reconcile,
+    record_refusal,
 )
 from lightjob.controller.build import JOB_LABEL, PODGROUP_API
 from lightjob.operator import metrics
 from lightjob.operator.election import LeaseConfig, lead
-from lightjob.operator.kube import KubeClient, api_client
+from lightjob.operator.kube import KubeClient, Stale, api_client
 
 log = logging.getLogger("lightjob.operator")
 
@@ -45,8 +50,10 @@ log = logging.getLogger("lightjob.operator")
 class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     peering: str | None = None  # kopf peering object for leader election; None: standalone
-    interval: float = 10.0  # seconds between timer-driven reconciles of each job
+    interval: float = 10.0  # seconds between safety-net reconciles of each job
     backoff_base: float = 10.0  # first back-off after a failure (doubles per failure)
+    force_delete_after: float = 60.0  # seconds past a pod's grace period before a force delete
+    list_chunk_size: int | None = 500  # kopf lists in pages of this many (limit/continue)
     metrics_port: int | None = 8080
     progress_interval: float = 15.0  # at most one read of a job's progress per this many s
     log_format: str = "text"  # or "json": one object per line
@@ -57,6 +64,7 @@ class OperatorConfig:
 
 
 SERVICE_TTL_SECONDS = 30.0
+STALE_RETRIES = 3  # decisions made again after a conflicting write, before writing anyway
 SCRAPE_TIMEOUT_SECONDS = 2.0
 SCRAPE_BACKOFF_CAP_SECONDS = 300.0
 
@@ -85,7 +93,7 @@ class Reconciler:
     """
 
     client: KubeClient
-    backoff_base: float
+    settings: Settings
     progress_interval: float = 15.0
     _locks: defaultdict[str, threading.Lock] = field(
         default_factory=lambda: defaultdict(threading.Lock)
@@ -108,9 +116,18 @@ class Reconciler:
         with lock:
             with self._guard:
                 self._waiting.discard(key)
-            return self._reconcile(namespace, name, key)
+            for _ in range(STALE_RETRIES):
+                try:
+                    return self._reconcile(namespace, name, key)
+                except Stale as err:
+                    # Decided from a job that changed since (a user's edit, another writer):
+                    # nothing was applied; decide again from what it is now.
+                    log.debug("lightjob: %s; reconciling again", err)
+            return self._reconcile(namespace, name, key, conditional=False)
 
-    def _reconcile(self, namespace: str, name: str, key: str) -> Plan | None:
+    def _reconcile(
+        self, namespace: str, name: str, key: str, conditional: bool = True
+    ) -> Plan | None:
         started = time.perf_counter()
         body = self.client.get_job(namespace, name)
         if body is None:
@@ -133,11 +150,22 @@ class Reconciler:
             pods,
             has_service,
             now,
-            backoff_base=self.backoff_base,
+            settings=self.settings,
             sample=sample,
             podgroup=podgroup,
         )
-        self.client.apply(namespace, name, plan, job.raw_status)
+        version = body.get("metadata", {}).get("resourceVersion") if conditional else None
+        refused = self.client.apply(namespace, name, plan, job.raw_status, version)
+        if refused is not None:
+            # The API refused a pod (quota, Pod Security, a webhook): the controller records
+            # it in status and says when to try again.
+            written = plan.status if plan.status is not None else job.raw_status
+            after = observe_job({**body, "status": written})
+            then = record_refusal(after, refused, now, self.settings)
+            self.client.apply(namespace, name, then, written)
+            plan.events += then.events
+            plan.status, plan.requeue_after = then.status or plan.status, then.requeue_after
+            plan.reason = then.reason
         for event in plan.events:
             kopf.event(cast(Any, body), type=event.type, reason=event.reason, message=event.message)
             _count(event)
@@ -191,6 +219,40 @@ class Reconciler:
         return exists
 
 
+class Wakeups:
+    """One wake-up per job, at the moment its last plan asked to be looked at again.
+
+    Timer handles on kopf's event loop (no thread per job); the reconcile they start runs
+    on the loop's executor, like kopf's own handlers. A new plan replaces the job's
+    wake-up, and a plan that asks for none cancels it.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, reconcile: Callable[[str, str], object]
+    ) -> None:
+        self._loop = loop
+        self._reconcile = reconcile
+        self._handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
+
+    def set(self, namespace: str, name: str, delay: float | None) -> None:
+        """From a reconcile, in any thread: wake the job up after `delay` seconds (None:
+        never). The wake-up runs in the caller's context, which is kopf's (kopf.event
+        needs it)."""
+        context = contextvars.copy_context()
+        self._loop.call_soon_threadsafe(self._set, (namespace, name), delay, context)
+
+    def _set(self, key: tuple[str, str], delay: float | None, context: contextvars.Context) -> None:
+        old = self._handles.pop(key, None)
+        if old is not None:
+            old.cancel()
+        if delay is not None:
+            self._handles[key] = self._loop.call_later(max(0.0, delay), self._fire, key, context)
+
+    def _fire(self, key: tuple[str, str], context: contextvars.Context) -> None:
+        self._handles.pop(key, None)
+        self._loop.run_in_executor(None, context.run, self._reconcile, *key)
+
+
 def _count(event: Any) -> None:
     if event.reason == "NodeFailed":
         metrics.RESTARTS.labels(reason=event.cause).inc()
@@ -202,6 +264,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """A fresh registry with the handlers bound to `config` (tests run several)."""
     registry = kopf.OperatorRegistry()
     state: dict[str, Reconciler] = {}
+    wakeups: dict[str, Wakeups] = {}
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -217,9 +280,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.scanning.disabled = True
         settings.posting.level = logging.WARNING  # kopf's own events: warnings only
         settings.execution.max_workers = 32
+        # Page the initial lists (limit/continue), as a large cluster needs.
+        settings.watching.chunk_size = config.list_chunk_size
         state["reconcile"] = Reconciler(
             KubeClient(api_client(config.kubeconfig, settings.execution.max_workers or 32)),
-            config.backoff_base,
+            Settings(config.backoff_base, config.force_delete_after),
             config.progress_interval,
         )
         if config.metrics_port is not None:
@@ -227,9 +292,23 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
             start_http_server(config.metrics_port)
 
+    @kopf.on.startup(registry=registry)
+    async def remember_the_loop(**_: Any) -> None:
+        wakeups["job"] = Wakeups(asyncio.get_running_loop(), reconcile_one)
+
     def reconcile_one(namespace: str | None, name: str | None) -> None:
-        if namespace and name and "reconcile" in state:
-            state["reconcile"](namespace, name)
+        if not (namespace and name and "reconcile" in state):
+            return
+        try:
+            plan = state["reconcile"](namespace, name)
+        except Exception:
+            # Look again soon, whatever went wrong (kopf logs the error of a handler).
+            if "job" in wakeups:
+                wakeups["job"].set(namespace, name, config.interval)
+            raise
+        if plan is not None and "job" in wakeups:
+            # No plan: a reconcile of this job was already waiting and will set it.
+            wakeups["job"].set(namespace, name, None if plan.delete_job else plan.requeue_after)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     def job_changed(type: str, name: str, namespace: str | None, **_: Any) -> None:

@@ -16,12 +16,15 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from lightjob.api.models import GROUP, PLURAL, VERSION
-from lightjob.controller import Plan, selector
+from lightjob.controller import Plan, Refused, selector
 from lightjob.operator import metrics
 
 log = logging.getLogger("lightjob.operator")
 T = TypeVar("T")
 RETRIABLE = {409, 429, 500, 502, 503, 504}
+# A create the API refuses for what it is (quota, Pod Security, a policy or a webhook, an
+# invalid object): retrying at once would only be refused again.
+REFUSALS = {400, 403, 422}
 # (connect, read) seconds: a hung API call must not hold a reconcile (or the operator's
 # shutdown) forever. Watches are kopf's and have their own timeouts.
 TIMEOUT = (5.0, 30.0)
@@ -40,6 +43,10 @@ def api_client(kubeconfig: str | None, pool_size: int = 32) -> kubernetes.client
         kubernetes.config.load_incluster_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = pool_size
     return kubernetes.client.ApiClient(configuration)
+
+
+class Stale(Exception):
+    """The job changed between the read a decision was made from and its status write."""
 
 
 class KubeClient:
@@ -106,17 +113,31 @@ class KubeClient:
                 return False
             raise
 
-    def apply(self, namespace: str, name: str, plan: Plan, current_status: dict[str, Any]) -> None:
-        """Status first, then the pods: if the operator stops half-way, the next reconcile
-        reads the decision from the status and finishes the teardown or the start."""
+    def apply(
+        self,
+        namespace: str,
+        name: str,
+        plan: Plan,
+        current_status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> Refused | None:
+        """Status first, then the objects: if the operator stops half-way, the next
+        reconcile reads the decision from the status and finishes the teardown or the start.
+        Deletions go before creations (they free quota). The first create the API refuses
+        (403, 422, ...) stops the creating and is returned: the rest of a gang waits rather
+        than hold resources for a gang that cannot form."""
         if plan.status is not None:
-            self.write_status(namespace, name, plan.status, current_status)
-        for manifest in plan.create:
-            self.create(namespace, manifest)
+            self.write_status(namespace, name, plan.status, current_status, resource_version)
         for manifest in plan.update:
             self.patch_spec(namespace, manifest)
         for pod in plan.delete:
             self.delete_pod(namespace, pod)
+        for pod in plan.force_delete:
+            self.delete_pod(namespace, pod, grace_period_seconds=0)
+        for manifest in plan.create:
+            refused = self.create(namespace, manifest)
+            if refused is not None:
+                return refused
         if plan.delete_job:
             self._ignore(
                 404,
@@ -127,20 +148,40 @@ class KubeClient:
                     ),
                 ),
             )
+        return None
 
     def write_status(
-        self, namespace: str, name: str, status: dict[str, Any], old: dict[str, Any]
-    ) -> None:
-        # One merge patch of the whole status; keys that went away are removed with null.
-        patch = {"status": {**{k: None for k in old if k not in status}, **status}}
-        self._call(
-            "patch",
-            lambda: self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=TIMEOUT
-            ),
-        )
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        old: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None:
+        """One merge patch of the whole status; keys that went away are removed with null.
+        With `resource_version` (that of the job the decision was made from) the write is
+        conditional: if the job changed since, the API answers 409 and this raises Stale,
+        so that the decision is made again from what the job is now. Returns the new
+        resourceVersion."""
+        patch: dict[str, Any] = {"status": {**{k: None for k in old if k not in status}, **status}}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        try:
+            written = self._call(
+                "patch",
+                lambda: self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=TIMEOUT
+                ),
+                retry_conflicts=not resource_version,
+            )
+        except ApiException as err:
+            if err.status == 409 and resource_version:
+                raise Stale(f"{namespace}/{name} changed since it was read") from None
+            raise
+        return cast(dict[str, Any], written).get("metadata", {}).get("resourceVersion")
 
-    def create(self, namespace: str, manifest: dict[str, Any]) -> None:
+    def create(self, namespace: str, manifest: dict[str, Any]) -> Refused | None:
+        """Create an object (one that exists is fine); None, or the API's refusal."""
         kind = manifest["kind"]
         create: Callable[[], Any] = {
             "Pod": lambda: self.core.create_namespaced_pod(
@@ -158,9 +199,15 @@ class KubeClient:
                 _request_timeout=TIMEOUT,
             ),
         }[kind]
-        created = self._ignore(409, lambda: self._call("create", create, retry_conflicts=False))
+        try:
+            created = self._ignore(409, lambda: self._call("create", create, retry_conflicts=False))
+        except ApiException as err:
+            if err.status not in REFUSALS:
+                raise
+            return _refused(kind, manifest["metadata"]["name"], err)
         if created and kind == "Pod":
             metrics.PODS_CREATED.inc()
+        return None
 
     def patch_spec(self, namespace: str, manifest: dict[str, Any]) -> None:
         """Merge-patch a custom object's spec (a PodGroup's minMember after a resize)."""
@@ -179,7 +226,11 @@ class KubeClient:
             ),
         )
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(
+        self, namespace: str, name: str, grace_period_seconds: int | None = None
+    ) -> None:
+        """Delete gracefully (the pod's own grace period), or with gracePeriodSeconds 0: at
+        once, without waiting for a kubelet to confirm (a force delete)."""
         deleted = self._ignore(
             404,
             lambda: self._call(
@@ -187,6 +238,7 @@ class KubeClient:
                 lambda: self.core.delete_namespaced_pod(
                     name,
                     namespace,
+                    grace_period_seconds=grace_period_seconds,
                     propagation_policy="Background",
                     _preload_content=False,
                     _request_timeout=TIMEOUT,
@@ -221,6 +273,21 @@ class KubeClient:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+
+def _refused(kind: str, name: str, err: ApiException) -> Refused:
+    """The API's Status (its reason and message) out of a refused request."""
+    try:
+        body = _json(err.body or "{}")
+    except ValueError:
+        body = {}
+    return Refused(
+        kind=kind,
+        name=name,
+        code=int(err.status or 0),
+        reason=str(body.get("reason") or err.reason or ""),
+        message=str(body.get("message") or err.body or ""),
+    )
 
 
 def _json(response: Any) -> dict[str, Any]:

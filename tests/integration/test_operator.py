@@ -215,19 +215,23 @@ async def test_the_deadlines_and_the_ttl_take_effect(cluster: Cluster) -> None:
     )
 
 
-async def test_a_bad_stored_spec_fails_with_the_field_named(cluster: Cluster) -> None:
+async def test_a_bad_stored_spec_waits_with_the_field_named(cluster: Cluster) -> None:
     # Created before a schema change, so the API server never validated it.
     cluster.api.put(JOBS, "default", {**job("broken"), "spec": {"image": "x", "numNodes": 0}})
     cluster.api.create(JOBS, "default", job())
-    await cluster.wait(
-        lambda: (
-            (cluster.api.get(JOBS, "default", "broken").get("status") or {}).get("phase")
-            == "Failed"
-        )
-    )
-    assert "spec.numNodes" in cluster.api.get(JOBS, "default", "broken")["status"]["message"]
+
+    def broken() -> dict[str, Any]:
+        return cluster.api.get(JOBS, "default", "broken").get("status") or {}
+
+    await cluster.wait(lambda: broken().get("conditions"), what="the InvalidSpec condition")
+    (condition,) = broken()["conditions"]
+    assert condition["type"] == "InvalidSpec" and "spec.numNodes" in condition["message"]
     await cluster.wait(lambda: phase(cluster) == "Running", what="other jobs go on")
     assert not [p for p in cluster.pods() if p.startswith("broken")]
+    assert broken()["phase"] == "Pending"  # nothing was decided for it
+    fixed = {**job("broken"), "spec": {"image": "x", "numNodes": 1}}
+    cluster.api.put(JOBS, "default", {**cluster.api.get(JOBS, "default", "broken"), **fixed})
+    await cluster.wait(lambda: broken().get("phase") == "Running", what="fixed, it starts")
 
 
 async def test_api_errors_are_retried(cluster: Cluster) -> None:
@@ -482,7 +486,7 @@ def test_an_endpoint_that_does_not_answer_is_read_less_and_less_often() -> None:
     import threading
     import time
 
-    from lightjob.controller import observe_job, observe_pod
+    from lightjob.controller import Settings, observe_job, observe_pod
     from lightjob.operator.handlers import Reconciler
 
     hits = []
@@ -518,7 +522,7 @@ def test_an_endpoint_that_does_not_answer_is_read_less_and_less_often() -> None:
                 "containerStatuses": [{"name": "trainer", "state": {"running": {}}}],
             },
         }
-        reconciler = Reconciler(client=None, backoff_base=1.0, progress_interval=0.05)  # type: ignore[arg-type]
+        reconciler = Reconciler(client=None, settings=Settings(), progress_interval=0.05)  # type: ignore[arg-type]
         view, node0 = observe_job(body), observe_pod(pod, "u1")
         assert node0 is not None
         deadline = time.monotonic() + 1.6

@@ -60,7 +60,7 @@ def pod(
         "status": {"phase": phase, "containerStatuses": [container], **extra.pop("status", {})},
     }
     if extra.pop("deleting", False):
-        body["metadata"]["deletionTimestamp"] = "2026-11-27T11:59:00Z"
+        body["metadata"]["deletionTimestamp"] = "2026-11-27T12:00:30Z"  # its grace ends
     return body
 
 
@@ -217,8 +217,18 @@ def test_a_failure_restarts_the_gang_with_back_off_then_fails_after_the_limit() 
     assert failed["reason"] == "BackoffLimitExceeded"
 
 
+@pytest.mark.parametrize("code", [134, 137, 139, 143])
+def test_a_signal_without_disruption_evidence_is_a_failure_with_back_off(code: int) -> None:
+    plan = plan_for(job_body(running()), [pod(0), pod(1, state="terminated", exit_code=code)])
+    status = plan.status
+    assert status is not None and (status["restarts"], status["preemptions"]) == (1, 0)
+    assert status["nextAttemptTime"] == "2026-11-27T12:00:10Z"
+    assert plan.events[0].reason == "NodeFailed" and plan.events[0].cause == "signal"
+    assert f"(exit {code})" in plan.events[0].message
+
+
 def test_back_off_doubles_per_failure() -> None:
-    from lightjob.controller.reconcile import backoff_delay
+    from lightjob.controller.attempts import backoff_delay
 
     assert [backoff_delay(n, 10) for n in (1, 2, 3, 4, 10)] == [10, 20, 40, 80, 360]
 
@@ -248,8 +258,21 @@ def test_back_off_doubles_per_failure() -> None:
             [pod(0), pod(1, status={"reason": "Evicted", "message": "node memory pressure"})],
             "Evicted",
         ),
-        ([pod(0), pod(1, state="terminated", exit_code=143)], "signal 15"),
+        ([pod(0), pod(1, state="terminated", exit_code=143, deleting=True)], "pod was deleted"),
         ([pod(0), pod(1, deleting=True)], "pod was deleted"),
+        # Node 0 saved on SIGTERM and exited 0 while its node shut down: not a success.
+        (
+            [
+                pod(
+                    0,
+                    state="terminated",
+                    exit_code=0,
+                    status={"reason": "Terminated", "message": "node shutdown"},
+                ),
+                pod(1),
+            ],
+            "node 0 was disrupted (Terminated: node shutdown)",
+        ),
         ([pod(0)], "disappeared"),
         # The others crash when a peer is preempted: still a preemption, not a failure.
         (
@@ -271,7 +294,7 @@ def test_preemptions_restart_at_once_without_counting_as_failures(
 
 def test_preemption_limit_and_oom_kills() -> None:
     body = job_body(running(preemptions=1), runPolicy={"preemptionLimit": 1})
-    plan = plan_for(body, [pod(0), pod(1, state="terminated", exit_code=143)])
+    plan = plan_for(body, [pod(0), pod(1, state="terminated", exit_code=143, deleting=True)])
     assert plan.status is not None and plan.status["phase"] == "Failed"
     assert "preemptionLimit=1 exceeded" in plan.status["message"]
     oom = plan_for(
@@ -332,15 +355,11 @@ def test_suspend_stops_the_gang_and_resume_starts_a_new_attempt() -> None:
     assert [e.reason for e in resumed.events] == ["Resumed", "AttemptStarted"]
 
 
-def test_deadlines() -> None:
-    late = NOW + dt.timedelta(hours=2)
-    plan = plan_for(
-        job_body(running(), runPolicy={"activeDeadlineSeconds": 3600}), [pod(0), pod(1)], now=late
-    )
-    assert plan.status is not None and plan.status["phase"] == "Failed"
-    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+def unschedulable_pod(rank: int, created: str = "", attempt: int = 1) -> dict[str, Any]:
+    """A pod the scheduler cannot place; `created`: its creationTimestamp, if any."""
     stuck = pod(
-        1,
+        rank,
+        attempt=attempt,
         state="waiting",
         status={
             "conditions": [
@@ -353,6 +372,19 @@ def test_deadlines() -> None:
             ]
         },
     )
+    if created:
+        stuck["metadata"]["creationTimestamp"] = created
+    return stuck
+
+
+def test_deadlines() -> None:
+    late = NOW + dt.timedelta(hours=2)
+    plan = plan_for(
+        job_body(running(), runPolicy={"activeDeadlineSeconds": 3600}), [pod(0), pod(1)], now=late
+    )
+    assert plan.status is not None and plan.status["phase"] == "Failed"
+    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+    stuck = unschedulable_pod(1)
     body = job_body(running(phase="Pending"), runPolicy={"pendingDeadlineSeconds": 600})
     early = plan_for(body, [pod(0), stuck], now=NOW - dt.timedelta(minutes=55))
     assert early.status is not None and "Insufficient nvidia.com/gpu" in early.status["message"]
@@ -371,13 +403,50 @@ def test_ttl_after_finished_deletes_the_job() -> None:
     assert after.delete_job
 
 
-def test_an_invalid_stored_spec_fails_the_job_naming_the_field() -> None:
-    body = job_body(numNodes=-3)
-    plan = plan_for(body, [])
-    assert plan.status is not None and plan.status["phase"] == "Failed"
-    assert "spec.numNodes" in plan.status["message"] and not plan.create
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"numNodes": -3}, "spec.numNodes"),  # a rule this version has and the CRD did not
+        ({"metrics": {"port": 29500}}, "spec.metrics.port must differ"),  # a CEL rule added later
+    ],
+)
+def test_a_spec_this_version_rejects_leaves_a_running_job_alone(
+    spec: dict[str, Any], field: str
+) -> None:
+    body = job_body(running(readyNodes=2, nodes="2/2"), **spec)
+    pods = [pod(0), pod(1, state="terminated", exit_code=1)]  # even a failure waits
+    plan = plan_for(body, pods)
+    assert not plan.create and not plan.delete and not plan.force_delete
+    assert plan.status is not None and plan.status["phase"] == "Running"
+    assert plan.status["restarts"] == 0
+    condition = next(c for c in plan.status["conditions"] if c["type"] == "InvalidSpec")
+    assert condition["status"] == "True" and field in condition["message"]
+    assert [e.reason for e in plan.events] == ["InvalidSpec"] and field in plan.events[0].message
     body["status"] = plan.status
-    assert plan_for(body, []).is_empty  # and it stays failed, without retrying
+    assert plan_for(body, pods).is_empty  # said once; nothing else until it is fixed
+    body["spec"] = job_body()["spec"]
+    fixed = plan_for(body, pods)
+    assert fixed.status is not None and fixed.status["restarts"] == 1  # acted on again
+    condition = next(c for c in fixed.status["conditions"] if c["type"] == "InvalidSpec")
+    assert condition["status"] == "False"
+
+
+def test_fields_from_a_newer_version_are_ignored_on_read_and_named_once() -> None:
+    body = job_body(
+        running(readyNodes=2, nodes="2/2"),
+        futureFeature={"enabled": True},
+        runPolicy={"backoffLimit": 1, "futureRetryMode": "smart"},
+    )
+    job = observe_job(body)
+    assert job.spec is not None and job.spec.run_policy.backoff_limit == 1
+    assert job.ignored == ("spec.futureFeature", "spec.runPolicy.futureRetryMode")
+    plan = plan_for(body, [pod(0), pod(1)])
+    assert plan.status is not None and plan.status["phase"] == "Running"
+    assert [e.reason for e in plan.events] == ["UnknownFieldsIgnored"]
+    condition = next(c for c in plan.status["conditions"] if c["type"] == "UnknownFieldsIgnored")
+    assert "spec.futureFeature, spec.runPolicy.futureRetryMode" in condition["message"]
+    body["status"] = plan.status
+    assert not plan_for(body, [pod(0), pod(1)]).events
 
 
 def test_pods_from_an_interrupted_plan_are_adopted_not_duplicated() -> None:
@@ -392,6 +461,36 @@ def test_pods_from_an_interrupted_plan_are_adopted_not_duplicated() -> None:
     plan = plan_for(body, [pod(0, attempt=2, state="waiting")])
     assert [m["metadata"]["name"] for m in plan.create] == ["demo-node-1"]
     assert plan.status is not None and plan.status["attempt"] == 2 and not plan.delete
+
+
+@pytest.mark.parametrize(
+    ("grace_ends", "forced", "requeue"),
+    [
+        ("2026-11-27T11:58:00Z", True, None),  # two minutes past its grace period
+        ("2026-11-27T11:59:00Z", True, None),  # exactly the margin (60 s) past it
+        ("2026-11-27T11:59:45Z", False, 45.0),  # not yet: look again when it is due
+        ("2026-11-27T12:00:30Z", False, 90.0),  # still in its grace period
+    ],
+)
+def test_a_pod_stuck_terminating_is_force_deleted_after_its_grace_period_and_a_margin(
+    grace_ends: str, forced: bool, requeue: float | None
+) -> None:
+    body = job_body(
+        {
+            "phase": "Restarting",
+            "attempt": 1,
+            "replicas": 2,
+            "restarts": 1,
+            "nextAttemptTime": "2026-11-27T11:00:00Z",
+        }
+    )
+    stuck = pod(1, deleting=True)
+    stuck["metadata"]["deletionTimestamp"] = grace_ends
+    plan = plan_for(body, [stuck])
+    assert plan.force_delete == (["demo-node-1"] if forced else [])
+    assert not plan.create and not plan.delete  # the next attempt waits until it is gone
+    assert [e.reason for e in plan.events] == (["ForceDeleted"] if forced else [])
+    assert plan.requeue_after == requeue
 
 
 def test_pods_the_job_does_not_own_are_never_touched() -> None:
@@ -819,3 +918,230 @@ def test_volcano_podgroup_and_its_unschedulable_reason_reach_status() -> None:
     plan = reconcile(observe_job(body), views, True, late, podgroup=observe_podgroup(waiting))
     assert plan.status is not None and plan.status["phase"] == "Failed"
     assert "pendingDeadlineSeconds=7200" in plan.status["message"]
+
+
+# -- a gang that cannot start -----------------------------------------------------------------
+
+
+def refusal(**extra: Any) -> dict[str, Any]:
+    value = {
+        "kind": "Pod",
+        "name": "demo-node-1",
+        "code": 403,
+        "reason": "Forbidden",
+        "message": 'pods "demo-node-1" is forbidden: exceeded quota: gpus',
+        "since": "2026-11-27T11:58:00Z",
+        "retries": 2,
+        "retryTime": "2026-11-27T12:00:20Z",
+    }
+    value.update(extra)
+    return value
+
+
+def test_a_refused_pod_is_recorded_with_the_apis_message_and_retried_with_back_off() -> None:
+    from lightjob.controller import Refused, Settings, record_refusal
+
+    body = job_body(running(phase="Pending"))
+    refused = Refused("Pod", "demo-node-1", 403, "Forbidden", 'pods "demo-node-1" is forbidden')
+    first = record_refusal(observe_job(body), refused, NOW, Settings())
+    assert first.status is not None and first.requeue_after == 10
+    assert first.status["refusal"]["retryTime"] == "2026-11-27T12:00:10Z"
+    assert first.status["message"].startswith("the API refused pod demo-node-1 (403 Forbidden)")
+    condition = next(c for c in first.status["conditions"] if c["type"] == "PodCreationRefused")
+    assert (condition["status"], condition["reason"]) == ("True", "Forbidden")
+    assert [e.reason for e in first.events] == ["FailedCreate"]
+    assert "retrying in 10s" in first.events[0].message
+    body["status"] = first.status
+    later = NOW + dt.timedelta(seconds=10)
+    second = record_refusal(observe_job(body), refused, later, Settings())
+    assert second.status is not None and second.status["refusal"]["retries"] == 2
+    assert second.status["refusal"]["since"] == "2026-11-27T12:00:00Z"  # the first refusal's
+    assert second.requeue_after == 20
+
+
+@pytest.mark.parametrize(
+    ("now", "deadline", "created", "phase", "requeue"),
+    [
+        (NOW, None, [], "Pending", 20.0),  # waiting out the back-off: nothing created
+        (NOW + dt.timedelta(seconds=20), None, ["demo-node-1"], "Pending", None),  # retry
+        (NOW + dt.timedelta(minutes=3), None, [], "Failed", None),  # 300 s since 11:58
+        (NOW, 60, [], "Failed", None),  # pendingDeadlineSeconds=60 since 11:58
+    ],
+)
+def test_refused_pods_wait_for_the_retry_and_give_up_at_the_pending_deadline(
+    now: dt.datetime, deadline: int | None, created: list[str], phase: str, requeue: float | None
+) -> None:
+    policy = {"pendingDeadlineSeconds": deadline} if deadline else {}
+    body = job_body(running(phase="Pending", refusal=refusal()), runPolicy=policy)
+    plan = plan_for(body, [pod(0)], now=now)
+    assert [m["metadata"]["name"] for m in plan.create] == created
+    assert plan.status is not None and plan.status["phase"] == phase
+    if phase == "Failed":
+        failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == "PodCreationRefused"
+        limit = f"pendingDeadlineSeconds={deadline}" if deadline else "300s (the default"
+        assert f"gave up after {limit}" in plan.status["message"]
+        assert "exceeded quota: gpus" in plan.status["message"]
+        assert plan.delete == ["demo-node-0"]  # the pods created do not hold their nodes
+        assert "refusal" not in plan.status
+    elif requeue is not None:
+        assert plan.requeue_after == requeue
+
+
+def test_a_refusal_ends_when_the_pod_exists() -> None:
+    refused = {"type": "PodCreationRefused", "status": "True", "reason": "Forbidden"}
+    body = job_body(running(phase="Pending", refusal=refusal(), conditions=[refused]))
+    plan = plan_for(body, [pod(0), pod(1)])
+    assert plan.status is not None and "refusal" not in plan.status
+    assert plan.status["phase"] == "Running"
+    condition = next(c for c in plan.status["conditions"] if c["type"] == "PodCreationRefused")
+    assert condition["status"] == "False" and condition["reason"] == "Created"
+
+
+ELASTIC = {"minNodes": 1, "maxNodes": 4, "rendezvous": {"backend": "c10d"}}
+
+
+def test_pending_time_is_measured_per_pod_so_a_late_scale_up_is_judged_on_its_own_time() -> None:
+    # Four hours into the run, node 2 was added 30 s ago and cannot be placed yet.
+    status = running(replicas=3, resizedFrom=2, startTime="2026-11-27T08:00:00Z")
+    status["attemptStartTime"] = "2026-11-27T08:00:00Z"
+    body = job_body(status, numNodes=3, runPolicy={"pendingDeadlineSeconds": 60}, **ELASTIC)
+    stuck = unschedulable_pod(2, "2026-11-27T11:59:30Z")
+    plan = plan_for(body, [pod(0), pod(1), stuck])
+    assert plan.status is not None and plan.status["phase"] == "Running"  # training goes on
+    assert "node 2 cannot be scheduled" in plan.status["message"]
+    assert not plan.delete and plan.requeue_after == 30
+    assert [e.reason for e in plan.events] == ["Unschedulable"]
+
+
+def test_an_elastic_scale_up_that_cannot_be_placed_rolls_back() -> None:
+    status = running(replicas=3, resizedFrom=2)
+    body = job_body(status, numNodes=3, runPolicy={"pendingDeadlineSeconds": 60}, **ELASTIC)
+    stuck = unschedulable_pod(2, "2026-11-27T11:58:00Z")
+    plan = plan_for(body, [pod(0), pod(1), stuck])
+    assert plan.delete == ["demo-node-2"]
+    assert plan.status is not None and plan.status["phase"] == "Running"
+    assert (plan.status["replicas"], plan.status["rejectedNumNodes"]) == (2, 3)
+    assert "resizedFrom" not in plan.status
+    (event,) = plan.events
+    assert event.reason == "ScaleUpRolledBack" and "back to 2 nodes" in event.message
+    # It stays at 2 until numNodes changes; a new numNodes is tried afresh.
+    body["status"] = plan.status
+    assert not plan_for(body, [pod(0), pod(1)]).create
+    body["spec"]["numNodes"] = 4
+    grow = plan_for(body, [pod(0), pod(1)])
+    assert [m["metadata"]["name"] for m in grow.create] == ["demo-node-2", "demo-node-3"]
+    assert grow.status is not None and grow.status["resizedFrom"] == 2
+
+
+def test_a_fixed_size_scale_up_that_cannot_be_placed_restarts_at_the_old_size() -> None:
+    status = running(attempt=2, replicas=3, resizedFrom=2, phase="Pending", resizes=1)
+    body = job_body(status, numNodes=3, runPolicy={"pendingDeadlineSeconds": 60})
+    pods = [pod(0, 2), pod(1, 2), unschedulable_pod(2, "2026-11-27T11:58:00Z", attempt=2)]
+    plan = plan_for(body, pods)
+    assert plan.status is not None and plan.status["phase"] == "Restarting"
+    assert (plan.status["replicas"], plan.status["rejectedNumNodes"]) == (2, 3)
+    assert (plan.status["resizes"], plan.status["restarts"]) == (2, 0)
+    assert sorted(plan.delete) == ["demo-node-0", "demo-node-1", "demo-node-2"]
+    body["status"] = plan.status
+    started = plan_for(body, [])
+    assert [m["metadata"]["name"] for m in started.create] == ["demo-node-0", "demo-node-1"]
+    assert env_of(started.create[0])["WORLD_SIZE"] == "2"
+    assert started.status is not None and started.status["nodes"] == "0/2"
+
+
+@pytest.mark.parametrize(
+    ("reason", "minutes", "phase"),
+    [
+        ("ImagePullBackOff", 4, "Pending"),
+        ("ErrImagePull", 6, "Failed"),
+        ("ContainerCreating", 60, "Pending"),
+    ],
+)
+def test_containers_that_cannot_start_surface_and_fail_after_the_pending_deadline(
+    reason: str, minutes: int, phase: str
+) -> None:
+    waiting = pod(1, state="waiting")
+    waiting["status"]["containerStatuses"][0]["state"] = {
+        "waiting": {"reason": reason, "message": 'Back-off pulling image "train:1"'}
+    }
+    waiting["metadata"]["creationTimestamp"] = "2026-11-27T12:00:00Z"
+    body = job_body(running(phase="Pending"))
+    plan = plan_for(body, [pod(0), waiting], now=NOW + dt.timedelta(minutes=minutes))
+    assert plan.status is not None and plan.status["phase"] == phase
+    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    if reason == "ContainerCreating":  # an ordinary start: nothing to say
+        assert "ContainerCannotStart" not in conditions
+        return
+    assert conditions["ContainerCannotStart"]["reason"] == reason
+    assert f"node 1 cannot start its container: {reason}: Back-off" in plan.status["message"]
+    if phase == "Failed":
+        assert conditions["Failed"]["reason"] == "PendingDeadlineExceeded"
+        assert sorted(plan.delete) == ["demo-node-0", "demo-node-1"]
+    else:
+        assert [e.reason for e in plan.events] == ["ContainerCannotStart"]
+        assert plan.requeue_after == 60  # at 12:05, 300 s after the pod's creation
+
+
+# -- suspended time and the back-off across a suspension --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suspended", "now_minutes", "phase"),
+    [
+        # Started 11:00, deadline one hour. Suspended 11:30-11:50: 20 minutes do not count.
+        (1200, 5, "Running"),  # 12:05 is 45 minutes of running
+        (1200, 20, "Failed"),  # 12:20 is 60
+        (0, 5, "Failed"),
+    ],
+)
+def test_active_deadline_does_not_count_time_suspended(
+    suspended: int, now_minutes: int, phase: str
+) -> None:
+    body = job_body(
+        running(suspendedSeconds=suspended, readyNodes=2), runPolicy={"activeDeadlineSeconds": 3600}
+    )
+    plan = plan_for(body, [pod(0), pod(1)], now=NOW + dt.timedelta(minutes=now_minutes))
+    assert (plan.status or body["status"])["phase"] == phase
+    if phase == "Running":
+        assert plan.requeue_after == (20 - now_minutes) * 60
+
+
+def test_a_suspended_job_never_hits_its_deadline_and_resuming_counts_the_suspension() -> None:
+    body = job_body(running(), runPolicy={"activeDeadlineSeconds": 3600, "suspend": True})
+    suspending = plan_for(body, [pod(0), pod(1)], now=NOW - dt.timedelta(minutes=30))
+    assert (
+        suspending.status is not None and suspending.status["suspendTime"] == "2026-11-27T11:30:00Z"
+    )
+    body["status"] = suspending.status
+    later = NOW + dt.timedelta(hours=5)
+    waiting = plan_for(body, [], now=later)
+    assert (waiting.status or body["status"])[
+        "phase"
+    ] == "Suspended" and waiting.requeue_after is None
+    body["spec"]["runPolicy"]["suspend"] = False
+    resumed = plan_for(body, [], now=later)
+    status = resumed.status
+    assert status is not None and status["phase"] == "Pending" and status["attempt"] == 2
+    assert status["suspendedSeconds"] == 5 * 3600 + 30 * 60 and "suspendTime" not in status
+    assert resumed.requeue_after == 30 * 60  # half an hour of running left
+
+
+def test_resuming_keeps_what_was_left_of_the_back_off() -> None:
+    restarting = {
+        **running(restarts=2),
+        "phase": "Restarting",
+        "nextAttemptTime": "2026-11-27T12:00:40Z",  # 40 s of back-off left at 12:00
+    }
+    body = job_body(restarting, runPolicy={"suspend": True})
+    suspended = plan_for(body, [])
+    assert suspended.status is not None
+    body["status"], body["spec"]["runPolicy"]["suspend"] = suspended.status, False
+    later = NOW + dt.timedelta(minutes=10)
+    resumed = plan_for(body, [], now=later)
+    assert resumed.status is not None and not resumed.create
+    assert resumed.status["nextAttemptTime"] == "2026-11-27T12:10:40Z"
+    assert resumed.requeue_after == 40
+    assert "after the 40s left of its back-off" in resumed.events[0].message
+    started = plan_for({**body, "status": resumed.status}, [], now=later + dt.timedelta(seconds=40))
+    assert len(started.create) == 2
