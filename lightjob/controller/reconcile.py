@@ -441,17 +441,36 @@ def _active(
 
 
 def _last_line(message: str) -> str:
-    """The last line of a termination message (a traceback's error), for status."""
+    """The last line of a termination message (a traceback's error), for status.
+
+    The runtime's final metrics (JSON) are no error: it writes them when fit returns, so a
+    script that fails after fit leaves them, and Kubernetes then reads no log tail. Say
+    that fit had finished rather than paste the JSON; the error itself is in the pod's log.
+    """
+    final = _final_metrics(message)
+    if final is not None:
+        return f" after fit finished at step {final['step']}"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return f": {lines[-1][:200]}" if lines else ""
 
 
+def _final_metrics(message: str) -> dict[str, Any] | None:
+    """The runtime's final step and metrics, when the termination message holds them."""
+    if not message.startswith("{"):
+        return None
+    try:
+        final = json.loads(message)
+    except ValueError:
+        return None
+    return final if isinstance(final, dict) and isinstance(final.get("step"), int) else None
+
+
 def _final_progress(status: LightningJobStatus, node0: PodView | None, now: dt.datetime) -> None:
     """Node 0's termination message holds the final step, metrics and checkpoint (JSON)."""
-    if node0 is None or not node0.message.startswith("{"):
+    final = _final_metrics(node0.message) if node0 is not None else None
+    if final is None:
         return
     try:
-        final = json.loads(node0.message)
         metrics = {k: float(v) for k, v in (final.get("metrics") or {}).items()}
         checkpoint = final.get("checkpoint") or {}
         when = checkpoint.get("time")
