@@ -61,6 +61,26 @@ def nothing_left_running(marker: str) -> bool:
     return not [line for line in listing.splitlines() if marker in line and "ps -eo" not in line]
 
 
+def start_training(tmp_path: Path, epochs: int) -> tuple[Path, subprocess.Popen[str]]:
+    """`lightjob run` of the digits job in the background, once its first checkpoint (of
+    tmp_path/ckpt, every 20 steps) says training is under way."""
+    job = digits_job(
+        tmp_path, epochs=epochs, checkpoint={"uri": str(tmp_path / "ckpt"), "everyNSteps": 20}
+    )
+    proc = subprocess.Popen(
+        run_command(job, tmp_path),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "ckpt" / "latest.json").exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    return job, proc
+
+
 def final_weights(uri: str) -> dict[str, torch.Tensor]:
     fs, path = fsspec.core.url_to_fs(uri)
     fs.invalidate_cache()
@@ -174,20 +194,7 @@ def test_running_a_finished_job_again_starts_a_new_run_and_resume_continues_it(
 
 
 def test_fresh_sets_a_suspended_run_aside_instead_of_resuming_it(tmp_path: Path) -> None:
-    job = digits_job(
-        tmp_path, epochs=10, checkpoint={"uri": str(tmp_path / "ckpt"), "everyNSteps": 20}
-    )
-    proc = subprocess.Popen(
-        run_command(job, tmp_path),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "ckpt" / "latest.json").exists():  # training is under way
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    job, proc = start_training(tmp_path, epochs=10)
     proc.send_signal(signal.SIGINT)  # Ctrl-C: every node checkpoints, the job is suspended
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and status(tmp_path)["phase"] == "Suspended", out[-3000:]
@@ -205,20 +212,7 @@ def test_fresh_sets_a_suspended_run_aside_instead_of_resuming_it(tmp_path: Path)
 
 
 def test_a_resize_from_two_to_three_nodes_continues_and_finishes(tmp_path: Path) -> None:
-    job = digits_job(
-        tmp_path, epochs=40, checkpoint={"uri": str(tmp_path / "ckpt"), "everyNSteps": 20}
-    )
-    proc = subprocess.Popen(
-        run_command(job, tmp_path),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "ckpt" / "latest.json").exists():  # training is under way
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    job, proc = start_training(tmp_path, epochs=40)
     edited = yaml.safe_load(job.read_text())
     edited["spec"]["numNodes"] = 3
     job.write_text(yaml.safe_dump(edited))  # what `kubectl apply` of an edited file does
