@@ -42,9 +42,11 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
-# The main job: the digits example on 2 local nodes, with a preemption to show resuming.
+# The main job: the digits example on 2 local nodes. A node is preempted at step 60 (past
+# the first checkpoint, at step 50), and the job resumes from its checkpoint. Run it again
+# and the finished run is moved aside (runs/digits.N) for a new one.
 run: install
-	$(BIN)/lightjob run examples/digits/lightningjob.yaml --preempt-after 5
+	$(BIN)/lightjob run examples/digits/lightningjob.yaml --preempt-at-step 60
 
 # Rewrite the files generated from lightjob/api/models.py (tests fail when they are stale).
 generate: install

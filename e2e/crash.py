@@ -1,10 +1,15 @@
-"""A training script that fails after a few steps, for the end-to-end tests."""
+"""A training script that fails, for the end-to-end tests: inside fit after a few steps, or
+with CRASH=after-fit once fit has returned (reading a metric that was never logged)."""
+
+import os
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightjob as L
+
+AFTER_FIT = os.environ.get("CRASH") == "after-fit"
 
 
 class Fails(L.LightningModule):
@@ -13,7 +18,7 @@ class Fails(L.LightningModule):
         self.layer = nn.Linear(4, 1)
 
     def training_step(self, batch, batch_idx):
-        if batch_idx == 3:
+        if batch_idx == 3 and not AFTER_FIT:
             raise ValueError("boom on purpose")
         return self.layer(batch[0]).pow(2).mean()
 
@@ -23,6 +28,6 @@ class Fails(L.LightningModule):
 
 if __name__ == "__main__":
     data = TensorDataset(torch.randn(64, 4))
-    L.Trainer(accelerator="cpu", max_epochs=1, enable_checkpointing=False).fit(
-        Fails(), DataLoader(data, batch_size=8)
-    )
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, enable_checkpointing=False)
+    trainer.fit(Fails(), DataLoader(data, batch_size=8))
+    print(f"val_acc: {trainer.callback_metrics['val_acc']}")  # never logged: KeyError

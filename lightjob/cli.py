@@ -25,11 +25,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("file", metavar="JOB.yaml")
     run.add_argument("--nodes", type=int, help="override spec.numNodes")
-    run.add_argument(
+    preempt = run.add_mutually_exclusive_group()
+    preempt.add_argument(
+        "--preempt-at-step",
+        type=int,
+        metavar="N",
+        help="preempt a random node once node 0 has reported step N (on its metrics "
+        "endpoint): training is under way, so the job resumes from a checkpoint",
+    )
+    preempt.add_argument(
         "--preempt-after",
         type=float,
         metavar="SECONDS",
-        help="preempt a random node after this long, to show resuming",
+        help="preempt a random node this long after all nodes run (may land in start-up, "
+        "before any checkpoint)",
+    )
+    previous = run.add_mutually_exclusive_group()
+    previous.add_argument(
+        "--resume",
+        action="store_const",
+        const="resume",
+        dest="previous_run",
+        help="continue the job's previous run from its checkpoint, even one that finished "
+        "(by default only a suspended or interrupted run resumes)",
+    )
+    previous.add_argument(
+        "--fresh",
+        action="store_const",
+        const="fresh",
+        dest="previous_run",
+        help="start a new run even if the previous one was suspended or interrupted (by "
+        "default only a finished run is set aside); the previous run is moved to "
+        "RUNS_DIR/JOB.N and its checkpoints to URI/previous-N, never deleted",
     )
     run.add_argument("--runs-dir", default="runs", help="where logs, status and checkpoints go")
     run.add_argument(
@@ -196,18 +223,35 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.kube or args.context:
+        local_only = [
+            ("--nodes", args.nodes),
+            ("--preempt-at-step", args.preempt_at_step),
+            ("--preempt-after", args.preempt_after),
+            (f"--{args.previous_run}", args.previous_run),
+        ]
+        given = [flag for flag, value in local_only if value is not None]
+        if given:
+            print(f"lightjob run: {given[0]} applies to local runs, not --kube", file=sys.stderr)
+            return 2
         from lightjob.local.follow import follow
 
         return follow(args.file, context=args.context)
     from lightjob.local.runner import Run
 
-    if args.nodes is not None and args.nodes < 1:
-        print("lightjob run: --nodes must be >= 1", file=sys.stderr)
-        return 2
+    for flag, value, least in (
+        ("--nodes", args.nodes, 1),
+        ("--preempt-at-step", args.preempt_at_step, 1),
+        ("--preempt-after", args.preempt_after, 0),
+    ):
+        if value is not None and value < least:
+            print(f"lightjob run: {flag} must be >= {least}", file=sys.stderr)
+            return 2
     return Run(
         args.file,
         nodes=args.nodes,
         preempt_after=args.preempt_after,
+        preempt_at_step=args.preempt_at_step,
+        previous_run=args.previous_run,
         runs_dir=args.runs_dir,
         backoff_seconds=args.backoff_seconds,
     ).main()

@@ -11,8 +11,10 @@ backoffLimit, instead of at once and forever.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lightjob.controller.observe import PodView
 
@@ -145,6 +147,25 @@ def _exit(pod: PodView) -> str:
 
 
 def last_line(message: str) -> str:
-    """The last line of a termination message (a traceback's error), for status."""
+    """The last line of a termination message (a traceback's error), for status.
+
+    The runtime's final metrics (JSON) are no error: it writes them when fit returns, so a
+    script that fails after fit leaves them, and Kubernetes then reads no log tail. Say
+    that fit had finished rather than paste the JSON; the error itself is in the pod's log.
+    """
+    final = final_metrics(message)
+    if final is not None:
+        return f" after fit finished at step {final['step']}"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return f": {lines[-1][:200]}" if lines else ""
+
+
+def final_metrics(message: str) -> dict[str, Any] | None:
+    """The runtime's final step and metrics, when a termination message holds them."""
+    if not message.startswith("{"):
+        return None
+    try:
+        final = json.loads(message)
+    except ValueError:
+        return None
+    return final if isinstance(final, dict) and isinstance(final.get("step"), int) else None

@@ -13,7 +13,6 @@ them applies, and runs an attempt while it lasts.
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 from lightjob.api.models import LightningJobStatus
 from lightjob.controller import build, progress
@@ -42,7 +41,7 @@ from lightjob.controller.plan import (
     end_job,
     force_delete_time,
 )
-from lightjob.controller.policy import judge
+from lightjob.controller.policy import final_metrics, judge
 from lightjob.controller.progress import Sample
 from lightjob.controller.starting import blocks, while_blocked
 from lightjob.controller.status import set_condition
@@ -306,10 +305,10 @@ def _active(ctx: Context) -> Plan:
 
 def _final_progress(status: LightningJobStatus, node0: PodView | None, now: dt.datetime) -> None:
     """Node 0's termination message holds the final step, metrics and checkpoint (JSON)."""
-    if node0 is None or not node0.message.startswith("{"):
+    final = final_metrics(node0.message) if node0 is not None else None
+    if final is None:
         return
     try:
-        final = json.loads(node0.message)
         metrics = {k: float(v) for k, v in (final.get("metrics") or {}).items()}
         checkpoint = final.get("checkpoint") or {}
         when = checkpoint.get("time")

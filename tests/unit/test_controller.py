@@ -626,6 +626,21 @@ def test_quantities_become_strings_and_termination_messages_reach_status() -> No
     assert plan.status["lastCheckpoint"] == checkpoint
 
 
+def test_a_script_that_fails_after_fit_is_not_reported_as_its_final_metrics() -> None:
+    # fit returned and wrote its final metrics; then the script raised. Kubernetes keeps the
+    # file's JSON as the message (no log tail), which says nothing of the error.
+    failed = pod(0, state="terminated", exit_code=1)
+    failed["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = json.dumps(
+        {"step": 690, "epoch": 30, "metrics": {}}
+    )
+    plan = plan_for(job_body(running(), runPolicy={"backoffLimit": 0}), [failed, pod(1)])
+    assert plan.status is not None and plan.status["phase"] == "Failed"
+    assert plan.status["message"] == (
+        "node 0 exited with code 1 after fit finished at step 690; backoffLimit=0 exceeded"
+    )
+    assert "progress" not in plan.status  # a failed job's final metrics are not its result
+
+
 def metrics_text(step: int, loss: float, checkpoint_step: int | None = None) -> str:
     """What the runtime serves (its real collector), at `step`."""
     telemetry = Telemetry()
