@@ -140,13 +140,6 @@ def test_a_preemption_at_a_step_lands_in_training_and_resumes_from_its_checkpoin
     assert f"resuming from {cut}/step-{int(resumed.group(1)):010d}.ckpt" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug, not local mode: ResumableDistributedSampler pads a resumed epoch "
-    "with the head of the remaining order, where the uninterrupted epoch pads with the head "
-    "of the whole order; digits' 1437 samples on 2 nodes need one pad, so the epoch's last "
-    "batch differs (lightjob/runtime/data.py, __iter__)",
-)
 def test_a_preemption_at_a_step_resumes_to_the_same_weights_as_an_uninterrupted_run(
     preempted_at_step_30: dict[str, Any],
 ) -> None:

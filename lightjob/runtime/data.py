@@ -171,20 +171,30 @@ class ResumableDistributedSampler(DistributedSampler):
         return list(range(n))
 
     def __iter__(self) -> Iterator[int]:
-        order = self._order()[self.start :]
-        per_rank = self._per_rank(len(order))
-        total = per_rank * self.num_replicas
-        if total > len(order) and order:  # pad with repeats, as DistributedSampler does
-            order += (order * math.ceil(total / len(order)))[: total - len(order)]
-        return iter(order[self.rank : total : self.num_replicas])
+        # Pad (or cut) the whole epoch's order first, as DistributedSampler does, and only
+        # then skip what is done: a resumed epoch is then the uninterrupted epoch's tail.
+        order = _to_length(self._order(), self._per_rank(len(self.dataset)) * self.num_replicas)  # type: ignore[arg-type]
+        rest = order[self.start :]
+        # After a world-size change the rest may not split evenly: every rank must get as
+        # many samples as the others, or the ranks' collectives fall out of step.
+        rest = _to_length(rest, self._per_rank(len(rest)) * self.num_replicas)
+        return iter(rest[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return self._per_rank(len(self.dataset) - self.start)  # type: ignore[arg-type]
+        whole = self._per_rank(len(self.dataset)) * self.num_replicas  # type: ignore[arg-type]
+        return self._per_rank(max(0, whole - self.start))
 
     def _per_rank(self, remaining: int) -> int:
         if self.drop_last:
             return remaining // self.num_replicas
         return math.ceil(remaining / self.num_replicas)
+
+
+def _to_length(order: list[int], length: int) -> list[int]:
+    """`order` cut to `length`, or padded with repeats of its head (DistributedSampler's way)."""
+    if length <= len(order) or not order:
+        return order[:length]
+    return order + (order * math.ceil(length / len(order)))[: length - len(order)]
 
 
 class SkipBatches(Sampler):
