@@ -482,6 +482,26 @@ def test_validate_test_predict_return_what_lightning_returns(tmp_path: Path) -> 
     torch.testing.assert_close(predictions[0], model(dataset().tensors[0][:16]))
 
 
+class TransferRecorder(TinyModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transferred = 0
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        self.transferred += 1
+        return batch
+
+
+def test_each_stage_uses_its_own_modules_transfer_hooks(tmp_path: Path) -> None:
+    """A Trainer that fitted a module without transfer hooks then tests one with them: the
+    second module's hooks run (the Trainer used to keep the first module's answer)."""
+    trainer = L.Trainer(**quiet(tmp_path, max_steps=2))
+    trainer.fit(TinyModel(), loader(n=32, batch_size=8))
+    recorder = TransferRecorder()
+    trainer.test(recorder, loader(n=32, batch_size=8), verbose=False)
+    assert recorder.transferred == 4
+
+
 def test_several_validation_loaders_get_suffixed_metrics(tmp_path: Path) -> None:
     class Multi(TinyModel):
         def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
