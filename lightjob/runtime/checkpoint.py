@@ -1,10 +1,13 @@
 """Checkpoint bytes on any fsspec URI: local paths, file://, memory://, s3://, gs://.
 
-A checkpoint is a plain dict (Lightning's keys; state.py builds it). Its bytes go from
-`torch.save` into the destination: on disk straight into a temporary file beside the
-target, fsync'd and renamed into place; on an object store into memory, then one
-whole-object write, which the store makes visible only complete. The size and CRC32 are
-computed on the way; the store's pointer records them and loading verifies them.
+A checkpoint is a plain dict (Lightning's keys; state.py builds it). Its bytes stream
+straight from `torch.save` into the destination, with no in-memory copy of the whole:
+on disk into a temporary file beside the target, fsync'd and renamed into place; on an
+object store into the filesystem's own file object, uploaded in parts as it fills
+(a multipart upload on S3) and made visible only by its commit, so a reader never sees
+part of one (memory:// objects live in memory anyway: they are built, then stored in one
+step). The size and CRC32 are computed on the way; the store's pointer records them and
+loading verifies them.
 
 The hops from each way of saving to the bytes (keep this map true):
 
@@ -101,7 +104,8 @@ def _atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     """A file to write an object into, visible at `uri` only once complete.
 
     Local paths: a temporary file beside the target, fsync'd, then renamed over it.
-    Object stores: one whole-object write, which the store makes visible only complete.
+    Object stores: the filesystem's file with autocommit off, committed at the end and
+    discarded on any error (on S3 the multipart upload is aborted, so nothing appears).
     """
     fs, path = filesystem(uri)
     if _is_local(fs):
@@ -119,9 +123,21 @@ def _atomic_writer(uri: str) -> Iterator[IO[bytes]]:
                 os.unlink(tmp)
             raise
         return
-    buffer = io.BytesIO()
-    yield buffer
-    fs.pipe_file(path, buffer.getvalue())
+    if "memory" in _protocols(fs):
+        # memory:// files appear at open whatever autocommit says; they live in memory
+        # anyway, so build the bytes and store them in one step.
+        buffer = io.BytesIO()
+        yield buffer
+        fs.pipe_file(path, buffer.getvalue())
+        return
+    remote = fs.open(path, "wb", autocommit=False)
+    try:
+        with remote:
+            yield remote
+    except BaseException:
+        remote.discard()
+        raise
+    remote.commit()
 
 
 def load(uri: str, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
@@ -166,9 +182,12 @@ def _torch_load(data: bytes, map_location: Any, weights_only: bool) -> dict[str,
     return loaded
 
 
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+    return _protocols(fs)[0] in ("file", "local")
 
 
 # -- a run's checkpoints under one prefix: objects first, the pointer last ------------------
