@@ -86,10 +86,6 @@ class Agreement:
         if world_size > 1:
             self._group = dist.new_group(backend="gloo")
 
-    @property
-    def group(self) -> Any:
-        return self._group
-
     def exchange(self, flags: list[int]) -> list[int]:
         """Offer this rank's flags; get the flags every rank agreed on (max over ranks)."""
         if self._group is None:
