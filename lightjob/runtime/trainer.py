@@ -89,6 +89,7 @@ class Trainer(TrainerProperties):
         enable_metrics: bool = True,
         **unsupported: Any,
     ) -> None:
+        # Every flag above by name (this is the first line: locals() holds only them).
         flags = {k: v for k, v in locals().items() if k not in ("self", "unsupported")}
         opts = options.parse(flags, unsupported)
         self.default_root_dir = opts.default_root_dir
