@@ -34,7 +34,6 @@ from lightjob.runtime.precision import Precision
 from lightjob.runtime.properties import TrainerProperties, TrainerState
 from lightjob.runtime.results import MetricsSink
 from lightjob.runtime.step import Optimization
-from lightjob.runtime.telemetry import Telemetry
 
 
 class Trainer(TrainerProperties):
@@ -106,7 +105,6 @@ class Trainer(TrainerProperties):
         self.callbacks: list[Callback] = opts.callbacks
         self._durable_config, self._enable_metrics = opts.durable, opts.enable_metrics
         self._durable: Durability | None = None
-        self._telemetry: Telemetry | None = None
         self._last_checkpoint: ckpt_io.CheckpointRef | None = None
         self._agreement: Agreement | None = None
         self.state = TrainerState()
@@ -155,13 +153,13 @@ class Trainer(TrainerProperties):
             self.optimizers, self.lr_scheduler_configs = optim.configure(model)
             self._wrapped = self.strategy.wrap(model)
             self.optimization = self._build_optimization(model)
-            self._telemetry = telemetry.start(
+            self.metrics_sink.telemetry = telemetry.start(
                 self._enable_metrics, self.strategy.root_device, self.local_rank
             )
             self._durable = durable.start(
                 self._durable_config,
                 strategy=self.strategy,
-                telemetry=self._telemetry,
+                telemetry=self.metrics_sink.telemetry,
                 agreement=self._agreement,
             )
             self._restore(ckpt_path, model)
