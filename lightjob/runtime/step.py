@@ -70,6 +70,10 @@ class Optimization:
         self.accumulate = accumulate_grad_batches
         self.clip_val, self.clip_algorithm = gradient_clip  # (value, "norm" or "value")
         self._lightning_optimizers: dict[int, LightningOptimizer] = {}
+        # Under DDP, training_step runs through the wrapper's forward, so DDP sees it.
+        self._training_step: Callable[..., Any] = (
+            wrapped if wrapped is not None else model.training_step
+        )
 
     def run(self, batch: Any, batch_idx: int, window_end: bool) -> Any:
         """Train on one batch; returns the step's output as the batch-end hooks see it.
@@ -77,7 +81,7 @@ class Optimization:
         model = self.model
         if not model.automatic_optimization:
             with self.precision.forward_context():
-                return self._training_step()(batch, batch_idx)
+                return self._training_step(batch, batch_idx)
         optimizer = self.optimizers[0]
         if batch_idx % self.accumulate == 0:
             self.hooks.call("on_before_zero_grad", optimizer)
@@ -86,7 +90,7 @@ class Optimization:
 
         def closure() -> torch.Tensor | None:
             with self.precision.forward_context():
-                out = self._training_step()(batch, batch_idx)
+                out = self._training_step(batch, batch_idx)
             loss = _loss_of(out)
             result["out"] = out
             if loss is None:
@@ -131,13 +135,6 @@ class Optimization:
 
     def _after_step(self) -> None:
         self.progress.global_step += 1
-
-    def _training_step(self) -> Callable[..., Any]:
-        # Under DDP, training_step runs through the wrapper's forward, so DDP sees it.
-        if self.wrapped is not None:
-            self.wrapped.module.step_name = "training_step"  # type: ignore[union-attr]
-            return self.wrapped
-        return self.model.training_step
 
 
 def _loss_of(out: Any) -> torch.Tensor | None:
