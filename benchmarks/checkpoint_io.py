@@ -1,14 +1,17 @@
 """Checkpoint save/load speed against plain fsspec writes of the same bytes, side by side.
 
 A ~100 MB checkpoint (model weights and Adam state) is saved and loaded through
-lightjob's CheckpointStore, to moto's S3 server on 127.0.0.1 and to the local disk, and
+lightjob's CheckpointStore, to moto's S3 server (its own process, on 127.0.0.1) and to the
+local disk, and
 compared with `fs.pipe_file` / `fs.cat_file` of the same serialised bytes. Also: how long
-a background save blocks the training thread (the CPU snapshot) against a synchronous save.
+a background save blocks the training thread (the CPU snapshot) against a synchronous save,
+and the most memory a save holds in byte buffers besides the checkpoint's own tensors
+(tracemalloc's peak: Python buffers, not tensor storage).
 
     python benchmarks/checkpoint_io.py [--mb 100] [--repeats 3]
 
 Targets (issue 5): store throughput >= 0.8x the plain write; background blocking <= 10%
-of a synchronous save.
+of a synchronous save. Issue 14: no whole in-memory copy of the bytes on the remote path.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +56,16 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def peak_buffers(fn: Callable[[], Any]) -> float:
+    """The most memory Python objects (byte buffers, mostly) held while `fn` ran, in MB."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
 
 
 def serialise(checkpoint: dict[str, Any]) -> bytes:
@@ -88,6 +105,7 @@ def measure(name: str, uri: str, checkpoint: dict[str, Any], repeats: int) -> No
         lambda: torch.load(io.BytesIO(fs.cat_file(plain_path)), weights_only=True), repeats
     )
     ours_read = timed(lambda: store.load_latest(), repeats)
+    held = peak_buffers(lambda: store.save(checkpoint, next(step), 0))
 
     print(f"\n{name}: {megabytes:.0f} MB checkpoint")
     print(
@@ -103,6 +121,7 @@ def measure(name: str, uri: str, checkpoint: dict[str, Any], repeats: int) -> No
         f"  load: fs.cat + torch.load  {megabytes / plain_read:6.0f} MB/s; lightjob store "
         f"{megabytes / ours_read:6.0f} MB/s; ratio {plain_read / ours_read:.2f}x"
     )
+    print(f"  memory: a store save held {held:.0f} MB of buffers at most ({held / megabytes:.2f}x)")
 
 
 def measure_background(uri: str, checkpoint: dict[str, Any], repeats: int) -> None:
@@ -142,24 +161,34 @@ def main() -> None:
     import logging
 
     logging.getLogger("lightjob").setLevel(logging.WARNING)
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
-    fsspec.config.conf["s3"] = {"endpoint_url": f"http://{host}:{port}"}
-    fsspec.filesystem("s3").mkdir("lightjob-bench")
-    checkpoint = make_checkpoint(args.mb)
+    # moto in its own process, so that tracemalloc sees only the client's buffers.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+        fsspec.config.conf["s3"] = {"endpoint_url": f"http://127.0.0.1:{port}"}
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        fsspec.filesystem("s3").mkdir("lightjob-bench")
+        checkpoint = make_checkpoint(args.mb)
         measure("moto S3 (127.0.0.1)", "s3://lightjob-bench/run", checkpoint, args.repeats)
         with tempfile.TemporaryDirectory() as folder:
             measure("local disk", folder, checkpoint, args.repeats)
             measure_background(folder, checkpoint, args.repeats)
         measure_background("s3://lightjob-bench/background", checkpoint, args.repeats)
     finally:
-        server.stop()
+        server.terminate()
+        server.wait()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,32 @@
 """Checkpoint bytes on any fsspec URI: local paths, file://, memory://, s3://, gs://.
 
-A checkpoint is a plain dict (Lightning's keys). Writing one is two hops from
-`Trainer.save_checkpoint`: serialise to bytes here, then one whole-object write, which
-object stores make atomic; local files are written beside and renamed into place.
+A checkpoint is a plain dict (Lightning's keys; state.py builds it). Its bytes stream
+straight from `torch.save` into the destination, with no in-memory copy of the whole:
+on disk into a temporary file beside the target, fsync'd and renamed into place; on an
+object store into the filesystem's own file object, uploaded in parts as it fills
+(a multipart upload on S3) and made visible only by its commit, so a reader never sees
+part of one (memory:// objects live in memory anyway: they are built, then stored in one
+step). The size and CRC32 are computed on the way; the store's pointer records them and
+loading verifies them.
+
+The hops from each way of saving to the bytes (keep this map true):
+
+    Trainer.save_checkpoint                  (every rank builds the dict; rank 0 writes)
+      1 write_checkpoint(checkpoint, uri)    opens the destination
+        2 torch.save(checkpoint, out)        the bytes
+
+    Durability.save_for_preemption           (SIGTERM; synchronous, then exit 143)
+      1 CheckpointStore.save                 the object first, then the pointer
+        2 CheckpointStore.write_object
+          3 write_checkpoint
+            4 torch.save                     the bytes
+
+    Durability.save                          (every N steps or minutes, and the last)
+      1 Durability._write                    on the upload thread when in the background
+        2 CheckpointStore.save
+          3 CheckpointStore.write_object
+            4 write_checkpoint
+              5 torch.save                   the bytes
 """
 
 from __future__ import annotations
@@ -38,35 +62,23 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
-def write_bytes(data: bytes, uri: str) -> None:
-    """Write `data` so that a reader sees either the old object or the whole new one."""
-    with _atomic_writer(uri) as out:
-        out.write(data)
-
-
-def save(checkpoint: dict[str, Any], uri: str) -> int:
-    """Serialise a checkpoint straight to `uri`; returns its size in bytes."""
-    return write_checkpoint(checkpoint, uri)[0]
-
-
 def write_checkpoint(checkpoint: dict[str, Any], uri: str) -> tuple[int, int]:
-    """Serialise a checkpoint to `uri`, computing its CRC32 on the way. Returns (size, crc32).
+    """Serialise a checkpoint straight into the object at `uri`, computing its CRC32 on
+    the way. Returns (size, crc32)."""
+    with _atomic_writer(uri) as out:
+        counted = _Checksummed(out)
+        torch.save(checkpoint, counted)  # type: ignore[arg-type]  # any object with write()
+    return counted.size, counted.crc
 
-    Local files are streamed straight into place (no in-memory copy); for object stores
-    the bytes are built in memory and sent in one call, which the filesystem uploads in
-    parallel parts when large (measured faster than streaming through its file object).
-    """
-    fs, _ = filesystem(uri)
+
+def write_bytes(data: bytes, uri: str) -> None:
+    """Write a small object so that a reader sees either the old object or the whole new one."""
+    fs, path = filesystem(uri)
     if _is_local(fs):
         with _atomic_writer(uri) as out:
-            counted = _Checksummed(out)
-            torch.save(checkpoint, counted)  # type: ignore[arg-type]  # any object with write()
-        return counted.size, counted.crc
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    data = buffer.getvalue()
-    write_bytes(data, uri)
-    return len(data), zlib.crc32(data)
+            out.write(data)
+    else:
+        fs.pipe_file(path, data)  # one whole-object write, which object stores make atomic
 
 
 class _Checksummed:
@@ -92,7 +104,8 @@ def _atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     """A file to write an object into, visible at `uri` only once complete.
 
     Local paths: a temporary file beside the target, fsync'd, then renamed over it.
-    Object stores: one whole-object write, which the store makes visible only complete.
+    Object stores: the filesystem's file with autocommit off, committed at the end and
+    discarded on any error (on S3 the multipart upload is aborted, so nothing appears).
     """
     fs, path = filesystem(uri)
     if _is_local(fs):
@@ -110,9 +123,21 @@ def _atomic_writer(uri: str) -> Iterator[IO[bytes]]:
                 os.unlink(tmp)
             raise
         return
-    buffer = io.BytesIO()
-    yield buffer
-    fs.pipe_file(path, buffer.getvalue())
+    if "memory" in _protocols(fs):
+        # memory:// files appear at open whatever autocommit says; they live in memory
+        # anyway, so build the bytes and store them in one step.
+        buffer = io.BytesIO()
+        yield buffer
+        fs.pipe_file(path, buffer.getvalue())
+        return
+    remote = fs.open(path, "wb", autocommit=False)
+    try:
+        with remote:
+            yield remote
+    except BaseException:
+        remote.discard()
+        raise
+    remote.commit()
 
 
 def load(uri: str, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
@@ -157,9 +182,12 @@ def _torch_load(data: bytes, map_location: Any, weights_only: bool) -> dict[str,
     return loaded
 
 
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+    return _protocols(fs)[0] in ("file", "local")
 
 
 # -- a run's checkpoints under one prefix: objects first, the pointer last ------------------
@@ -350,10 +378,6 @@ class BackgroundSaver:
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError(f"background checkpoint save failed: {_reason(error)}") from error
-
-    @property
-    def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
 
 def snapshot(obj: Any) -> Any:

@@ -219,3 +219,8 @@ class SkipBatches(Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.batch_sampler) - self.skip)
+
+
+def count_batches(loaders: list[Any], limit: int | float | None, flag: str) -> list[float]:
+    """The batches each loader gives after a limit_*_batches value (`flag` names it)."""
+    return [limit_batches(num_batches(loader), limit, flag) for loader in loaders]

@@ -24,15 +24,18 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from lightjob.runtime import data
+from lightjob.runtime import data, telemetry
 from lightjob.runtime.durable import PREEMPTED_EXIT_CODE
 from lightjob.runtime.errors import MisconfigurationException
+
+if TYPE_CHECKING:
+    from lightjob.runtime.options import Devices
 
 log = logging.getLogger("lightjob")
 DEFAULT_TIMEOUT = dt.timedelta(minutes=30)
@@ -449,6 +452,20 @@ class DDPStrategy(SingleDeviceStrategy):
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+
+def start_processes(strategy: SingleDeviceStrategy, devices: Devices) -> None:
+    """Join the run's processes (launching this node's others first if nothing did), once
+    per strategy; then `rank_zero_only` and the log lines know this process's rank."""
+    if isinstance(strategy, DDPStrategy) and strategy.cluster is None:
+        count = len(devices.ids)
+        cluster = detect_cluster(count, devices.num_nodes, devices.num_nodes_set)
+        strategy.configure(cluster, count, devices.accelerator, devices.ids)
+    strategy.setup_environment()
+    rank_zero_only.rank = strategy.global_rank  # type: ignore[attr-defined]
+    telemetry.context.update(
+        rank=strategy.global_rank, node=strategy.node_rank, world_size=strategy.world_size
+    )
 
 
 class StepDispatch(nn.Module):

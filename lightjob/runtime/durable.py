@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -29,7 +29,11 @@ from lightjob.runtime.checkpoint import (
     CheckpointStore,
     snapshot,
 )
+from lightjob.runtime.errors import MisconfigurationException
 from lightjob.runtime.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from lightjob.runtime.options import DurableConfig
 
 log = logging.getLogger("lightjob")
 Dump = Callable[[], dict[str, Any]]  # builds the checkpoint dict; a collective under DDP
@@ -81,10 +85,6 @@ class Agreement:
         self._pending: tuple[Any, torch.Tensor] | None = None
         if world_size > 1:
             self._group = dist.new_group(backend="gloo")
-
-    @property
-    def group(self) -> Any:
-        return self._group
 
     def exchange(self, flags: list[int]) -> list[int]:
         """Offer this rank's flags; get the flags every rank agreed on (max over ranks)."""
@@ -178,8 +178,12 @@ class Durability:
 
     def _write(self, checkpoint: dict[str, Any], step: int, epoch: int) -> None:
         started = time.monotonic()
-        last = self.last = self.store.save(checkpoint, step, epoch)
-        took = time.monotonic() - started
+        self.last = self.store.save(checkpoint, step, epoch)
+        self._saved(step, time.monotonic() - started)
+
+    def _saved(self, step: int, took: float) -> None:
+        last = self.last
+        assert last is not None
         log.info(
             "lightjob: checkpoint %s (%.1f MB) durable in %.2fs",
             last.uri,
@@ -191,6 +195,7 @@ class Durability:
             self.telemetry.checkpoint_saved(last.uri, step, last.size, took)
 
     def save_for_preemption(self, step: int, epoch: int, dump: Dump) -> None:
+        """A synchronous save, straight to the store (checkpoint.py maps its hops)."""
         started = time.monotonic()
         if self.is_writer:
             log.warning(
@@ -198,7 +203,14 @@ class Durability:
                 step,
                 extra={"step": step},
             )
-        self.save(step, epoch, dump, background=False)
+        checkpoint = dump()  # every rank: it gathers each rank's RNG state
+        self._last_step, self._last_time = step, time.monotonic()
+        if self.is_writer:
+            self.saver.wait()  # a background upload in flight lands first
+            write_started = time.monotonic()
+            self.last = self.store.save(checkpoint, step, epoch)
+            self._saved(step, time.monotonic() - write_started)
+        self.barrier()  # no rank exits before the checkpoint is durable
         if self.is_writer and self.last is not None:
             took = time.monotonic() - started
             grace = os.environ.get("LIGHTJOB_TERMINATION_GRACE_SECONDS")
@@ -227,3 +239,43 @@ class Durability:
 
     def close(self) -> None:
         self.signal.uninstall()
+
+
+def start(
+    config: DurableConfig | None,
+    *,
+    strategy: Any,
+    telemetry: Telemetry | None,
+    agreement: Agreement | None,
+) -> Durability | None:
+    """The run's checkpoint store, checked writable before any training, and the SIGTERM
+    handler; None without a checkpoint_uri. `agreement`: the one a previous fit made,
+    reused when the world size is the same (making one is a collective)."""
+    if config is None:
+        return None
+    store = CheckpointStore(config.uri, keep=config.keep)
+    problem = None
+    if strategy.is_global_zero:
+        try:
+            store.check_writable()
+        except OSError as err:
+            problem = str(err)
+    problem = strategy.broadcast(problem)
+    if problem is not None:
+        raise MisconfigurationException(f"Trainer(checkpoint_uri={config.uri!r}): {problem}")
+    if agreement is None or agreement.world_size != strategy.world_size:
+        agreement = Agreement(strategy.world_size)
+    launcher = strategy.launcher
+    preemption = PreemptionSignal(forward=launcher.forward_signal if launcher else None)
+    preemption.install()
+    return Durability(
+        store,
+        telemetry=telemetry,
+        every_n_steps=config.every_n_steps,
+        every_n_minutes=config.every_n_minutes,
+        background=config.background,
+        preemption=preemption,
+        agreement=agreement,
+        is_writer=strategy.is_global_zero,
+        barrier=lambda: strategy.barrier("checkpoint"),
+    )

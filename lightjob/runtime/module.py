@@ -180,7 +180,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
             return
         if callable(reduce_fx):
             reduce_fx = getattr(reduce_fx, "__name__", str(reduce_fx)).replace("amax", "max")
-        self._trainer._log(
+        self._trainer.metrics_sink.log(
             name,
             value,
             prog_bar=prog_bar,
@@ -227,8 +227,9 @@ class LightningModule(HyperparametersMixin, nn.Module):
 
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         optimizers: list[Any] = list(self.trainer.optimizers)
-        if use_pl_optimizer:
-            optimizers = [self.trainer._pl_optimizer(opt) for opt in optimizers]
+        optimization = self.trainer.optimization
+        if use_pl_optimizer and optimization is not None:
+            optimizers = [optimization.lightning_optimizer(opt) for opt in optimizers]
         return optimizers[0] if len(optimizers) == 1 else optimizers
 
     def lr_schedulers(self) -> Any:
@@ -238,7 +239,13 @@ class LightningModule(HyperparametersMixin, nn.Module):
         return schedulers[0] if len(schedulers) == 1 else schedulers
 
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        self.trainer._backward(loss, *args, **kwargs)
+        optimization = self.trainer.optimization
+        if optimization is None:
+            raise MisconfigurationException(
+                "manual_backward() runs the backward pass of a training step; call it inside "
+                "training_step while Trainer.fit runs"
+            )
+        optimization.backward(loss, *args, **kwargs)
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Called by the Trainer for the loss; override to customise backward."""
@@ -405,27 +412,6 @@ class LightningModule(HyperparametersMixin, nn.Module):
 
     def predict_dataloader(self) -> Any:
         raise NotImplementedError
-
-
-class LightningOptimizer:
-    """What `self.optimizers()` returns: the optimizer, with a precision-aware `step`."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, trainer: Trainer) -> None:
-        self._optimizer = optimizer
-        self._trainer = trainer
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self._optimizer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._optimizer, name)
-
-    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        return self._trainer._optimizer_step(self._optimizer, closure, **kwargs)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._optimizer.zero_grad(set_to_none=set_to_none)
 
 
 class LightningDataModule(HyperparametersMixin):

@@ -1,14 +1,18 @@
-"""What `configure_optimizers` may return, and when learning-rate schedulers step."""
+"""What `configure_optimizers` may return, when learning-rate schedulers step, and the
+LightningOptimizer the module's optimizer hooks receive."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lightjob.runtime.errors import MisconfigurationException
+
+if TYPE_CHECKING:
+    from lightjob.runtime.precision import Precision
 
 _SHAPES = (
     "an optimizer, a list of optimizers, a tuple (optimizers, lr_schedulers), or a dict "
@@ -185,3 +189,49 @@ def step_schedulers(
                 continue
             value = available[config.monitor]
         model.lr_scheduler_step(config.scheduler, value)
+
+
+class LightningOptimizer:
+    """What `self.optimizers()` returns and `optimizer_step` receives: the optimizer, whose
+    `step` goes straight to the precision plugin.
+
+    `on_before_step` runs after the closure, before the update (the
+    `on_before_optimizer_step` hook and gradient clipping); `on_after_step` counts the step.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        precision: Precision,
+        on_before_step: Callable[[], None],
+        on_after_step: Callable[[], None],
+    ) -> None:
+        self._optimizer = optimizer
+        self._precision = precision
+        self._on_before_step = on_before_step
+        self._on_after_step = on_after_step
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._optimizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """Every optimizer step goes through here: automatic, or `opt.step()` in manual mode."""
+        out = self._precision.optimizer_step(
+            self._optimizer,
+            closure if closure is not None else _no_closure,
+            self._on_before_step,
+            **kwargs,
+        )
+        self._on_after_step()
+        return out
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+
+def _no_closure() -> None:
+    return None

@@ -15,10 +15,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+
+from lightjob.runtime.results import to_float
 
 log = logging.getLogger("lightjob")
 
@@ -172,6 +174,43 @@ def serve(telemetry: Telemetry, local_rank: int) -> tuple[str, int] | None:
         return _served
     log.warning("lightjob: cannot serve metrics on port %d (%s); metrics are off", port, error)
     return None
+
+
+def start(enabled: bool, device: torch.device, local_rank: int) -> Telemetry | None:
+    """A Telemetry for this fit, served on LIGHTJOB_METRICS_PORT + local rank; None when
+    disabled (Trainer(enable_metrics=False)), no port is set, or it cannot be bound."""
+    if not enabled:
+        return None
+    metrics = Telemetry(device)
+    return metrics if serve(metrics, local_rank) is not None else None
+
+
+def write_termination_message(
+    step: int, epoch: int, metrics: Callable[[], Mapping[str, Any]], checkpoint: Any = None
+) -> None:
+    """Under the operator, leave the final step and metrics where Kubernetes reads a
+    container's termination message (terminationMessagePath), for the job's status.
+    `metrics` reads callback_metrics (only when there is a message to write);
+    `checkpoint`: the last durable CheckpointRef, if any."""
+    path = os.environ.get("LIGHTJOB_TERMINATION_LOG")
+    if path is None:
+        default = "/dev/termination-log"
+        if "LIGHTJOB_JOB_NAME" not in os.environ or not os.access(default, os.W_OK):
+            return
+        path = default
+    values = {k: to_float(v) for k, v in metrics().items()}
+    message: dict[str, Any] = {"step": step, "epoch": epoch, "metrics": values}
+    if checkpoint is not None:
+        message["checkpoint"] = {
+            "uri": checkpoint.uri,
+            "step": checkpoint.step,
+            "time": checkpoint.time,
+        }
+    try:
+        with open(path, "w") as out:
+            json.dump(message, out)
+    except OSError as err:
+        log.warning("lightjob: could not write the termination message to %s: %s", path, err)
 
 
 # -- logs -----------------------------------------------------------------------------------------

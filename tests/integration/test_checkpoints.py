@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import warnings
+import zlib
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,30 @@ def test_memory_and_file_uris_go_through_the_same_store(tmp_path: Path) -> None:
         assert trainer.last_checkpoint is not None and trainer.last_checkpoint.step == 4
         _, start = fit(tmp_path, uri, max_steps=6)
         assert start.step == 4
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise RuntimeError("this object cannot be pickled")
+
+
+def test_checkpoint_bytes_stream_to_s3_in_parts_and_a_failed_write_leaves_nothing(
+    s3: S3,
+) -> None:
+    """No whole in-memory copy on the remote path: torch.save streams into s3fs's file,
+    uploaded in 50 MiB parts and completed only at the end, with the CRC on the way."""
+    fs = fsspec.filesystem("s3")
+    weights = {"w": torch.randn(15_000_000)}  # 60 MB: two parts
+    uri = s3.uri("stream", "big.ckpt")
+    size, crc = ckpt_io.write_checkpoint(weights, uri)
+    data = fs.cat_file(uri)
+    assert (len(data), zlib.crc32(data)) == (size, crc)
+    assert size > 60_000_000
+    assert torch.equal(ckpt_io.load(uri)["w"], weights["w"])
+
+    broken = s3.uri("stream", "broken.ckpt")
+    with pytest.raises(RuntimeError, match="cannot be pickled"):
+        ckpt_io.write_checkpoint({"w": weights["w"], "bad": Unpicklable()}, broken)
+    fs.invalidate_cache()
+    assert not fs.exists(broken)
+    assert not fs.call_s3("list_multipart_uploads", Bucket=s3.bucket).get("Uploads")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -484,6 +485,44 @@ def test_validate_test_predict_return_what_lightning_returns(tmp_path: Path) -> 
     predictions = trainer.predict(model, DataLoader(dataset().tensors[0], batch_size=16))
     assert predictions is not None and len(predictions) == 4 and predictions[0].shape == (16, 2)
     torch.testing.assert_close(predictions[0], model(dataset().tensors[0][:16]))
+
+
+def test_fit_hands_its_progress_and_logged_values_to_the_served_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("LIGHTJOB_METRICS_PORT", str(port))
+    monkeypatch.setenv("LIGHTJOB_POD_IP", "127.0.0.1")
+    trainer = L.Trainer(**quiet(tmp_path, max_steps=6, log_every_n_steps=3))
+    trainer.fit(TinyModel(), loader(n=64, batch_size=8))
+    served = trainer.metrics_sink.telemetry
+    assert served is not None
+    gauges = {family.name: family for family in served.collect()}
+    assert gauges["lightjob_global_step"].samples[0].value == 6
+    logged = {s.labels["name"]: s.value for s in gauges["lightjob_logged_metric"].samples}
+    assert "train_loss" in logged
+
+
+class TransferRecorder(TinyModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transferred = 0
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        self.transferred += 1
+        return batch
+
+
+def test_each_stage_uses_its_own_modules_transfer_hooks(tmp_path: Path) -> None:
+    """A Trainer that fitted a module without transfer hooks then tests one with them: the
+    second module's hooks run (the Trainer used to keep the first module's answer)."""
+    trainer = L.Trainer(**quiet(tmp_path, max_steps=2))
+    trainer.fit(TinyModel(), loader(n=32, batch_size=8))
+    recorder = TransferRecorder()
+    trainer.test(recorder, loader(n=32, batch_size=8), verbose=False)
+    assert recorder.transferred == 4
 
 
 def test_several_validation_loaders_get_suffixed_metrics(tmp_path: Path) -> None:
